@@ -1,0 +1,279 @@
+"""The typed schema of a params file, and the one place that reads YAML into it.
+
+A params file names what to deploy (`deployments`), what load to put on it (`sweep`), how to sample memory
+(`memory`) and what to do when things fail (`policy`). Unknown keys are errors everywhere.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from servelab.errors import ParamsError
+
+LANGUAGES = ("en", "ko", "zh", "ja", "es")
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,47}$"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ----------------------------------------------------------------------------------------------- engines
+class LlamaCppEngine(Strict):
+    """llama.cpp's llama-server: the embedded CPU engine."""
+
+    kind: Literal["llamacpp"] = "llamacpp"
+    binary: str | None = Field(None, description="path of llama-server; default: the one scripts/install-engine.sh built")
+    parallel_slots: int = Field(4, ge=1, le=256, description="-np: sequences decoded together")
+    ctx_size: int = Field(4096, ge=256, le=1_048_576, description="-c: KV cache size in tokens, shared by the slots")
+    threads: int | None = Field(None, ge=1, le=1024, description="-t; default: llama.cpp's choice")
+    image: str = Field("ghcr.io/ggml-org/llama.cpp:server-b6140", description="compose image, pinned")
+    extra_args: tuple[str, ...] = ()
+
+
+class VllmEngine(Strict):
+    """vLLM's OpenAI-compatible server (v1 engine)."""
+
+    kind: Literal["vllm"] = "vllm"
+    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
+    max_model_len: int | None = Field(None, ge=16)
+    max_num_seqs: int | None = Field(None, ge=1, le=4096)
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
+    enforce_eager: bool = False
+    image: str = Field("vllm/vllm-openai:v0.26.0", description="compose image, pinned")
+    python: str = Field("python3", description="interpreter that has vllm, for native launch")
+    extra_args: tuple[str, ...] = ()
+
+
+class SglangEngine(Strict):
+    """SGLang's server (`python -m sglang.launch_server`)."""
+
+    kind: Literal["sglang"] = "sglang"
+    mem_fraction_static: float = Field(0.9, gt=0.0, le=1.0)
+    context_length: int | None = Field(None, ge=16)
+    max_running_requests: int | None = Field(None, ge=1, le=4096)
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
+    image: str = Field("lmsysorg/sglang:v0.5.5-cu129", description="compose image, pinned")
+    python: str = "python3"
+    extra_args: tuple[str, ...] = ()
+
+
+class OllamaEngine(Strict):
+    """Ollama (`ollama serve`); models are tags such as `tinyllama:1.1b`."""
+
+    kind: Literal["ollama"] = "ollama"
+    num_ctx: int = Field(2048, ge=256)
+    num_parallel: int = Field(1, ge=1, le=256)
+    keep_alive: str = Field("5m", description="how long a model stays loaded after its last request")
+    binary: str = "ollama"
+    image: str = Field("ollama/ollama:0.12.6", description="compose image, pinned")
+    extra_args: tuple[str, ...] = ()
+
+    @field_validator("keep_alive")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        if not re.fullmatch(r"-1|0|\d+(\.\d+)?(ms|s|m|h)", value):
+            raise ValueError(f"keep_alive {value!r} is not a duration such as '5m', '30s', '0' or '-1'")
+        return value
+
+
+EngineParams = Annotated[
+    Union[LlamaCppEngine, VllmEngine, SglangEngine, OllamaEngine], Field(discriminator="kind")
+]
+FRAMEWORKS = ("llamacpp", "vllm", "sglang", "ollama")
+
+
+# ----------------------------------------------------------------------------------------------- models
+class Deployment(Strict):
+    """One server: a framework serving one model."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="short id, used in file names and compose services")
+    model: str = Field(min_length=1, description="hub id, local path, GGUF path or Ollama tag; 'smollm2' is the embedded GGUF")
+    shape: str | None = Field(None, description="serve a shape model (config + local tokenizer, dummy weights) of this architecture")
+    engine: EngineParams
+    port: int | None = Field(None, ge=1024, le=65535, description="default: a free loopback port")
+    startup_timeout_s: float = Field(600.0, gt=0, le=7200)
+    env: dict[str, str] = Field(default_factory=dict, description="plain environment; secrets belong in the environment, named in secret_env")
+    secret_env: tuple[str, ...] = Field((), description="names of environment variables passed through, never their values")
+
+    @field_validator("env")
+    @classmethod
+    def _no_secret_values(cls, env: dict[str, str]) -> dict[str, str]:
+        for key in env:
+            if re.search(r"TOKEN|KEY|SECRET|PASSWORD", key, re.IGNORECASE):
+                raise ValueError(
+                    f"env key {key!r} looks like a secret; name it in secret_env and set it in the environment or .env"
+                )
+        return env
+
+
+# ----------------------------------------------------------------------------------------------- load
+class ConcurrencyLoad(Strict):
+    """Closed loop: each of N workers sends its next request when the last one ends."""
+
+    kind: Literal["concurrency"] = "concurrency"
+    values: tuple[int, ...] = Field(min_length=1)
+    ramp_up_s: float = Field(0.0, ge=0, description="workers start spread evenly over this time")
+
+    @field_validator("values")
+    @classmethod
+    def _positive(cls, values: tuple[int, ...]) -> tuple[int, ...]:
+        for value in values:
+            if not 1 <= value <= 100_000:
+                raise ValueError(f"concurrency {value} is outside 1..100000")
+        return values
+
+
+class RateLoad(Strict):
+    """Open loop: requests leave at scheduled times, whatever the server does."""
+
+    kind: Literal["constant", "poisson", "gamma"]
+    values: tuple[float, ...] = Field(min_length=1, description="requests per second")
+    burstiness: float = Field(1.0, gt=0, description="gamma shape; 1 is Poisson, below 1 burstier")
+    max_concurrency: int | None = Field(None, ge=1, le=100_000)
+
+    @field_validator("values")
+    @classmethod
+    def _positive(cls, values: tuple[float, ...]) -> tuple[float, ...]:
+        for value in values:
+            if not 0 < value <= 1_000_000:
+                raise ValueError(f"rate {value} req/s is outside (0, 1000000]")
+        return values
+
+
+LoadParams = Annotated[Union[ConcurrencyLoad, RateLoad], Field(discriminator="kind")]
+
+
+class Sweep(Strict):
+    """The grid: every deployment x language x load value is one load point."""
+
+    api: Literal["completions", "chat"] = "completions"
+    languages: tuple[str, ...] = Field(("en",), min_length=1)
+    input_tokens: int = Field(128, ge=1, le=1_000_000)
+    output_tokens: int = Field(64, ge=1, le=1_000_000)
+    ignore_eos: bool = Field(True, description="ask the server to generate exactly output_tokens")
+    load: tuple[LoadParams, ...] = Field(min_length=1)
+    requests_per_point: int | None = Field(32, ge=1, le=10_000_000)
+    duration_s: float | None = Field(None, gt=0, le=86_400, description="run each point for this long instead of by count")
+    warmup_requests: int = Field(2, ge=0, le=100_000, description="sent first, tagged warmup, left out of the results")
+    request_timeout_s: float = Field(120.0, gt=0, le=86_400)
+    seed: int = 0
+    prompts_file: str | None = Field(None, description="a local ShareGPT-format JSON file instead of the shipped prompts")
+
+    @field_validator("languages")
+    @classmethod
+    def _known_languages(cls, languages: tuple[str, ...]) -> tuple[str, ...]:
+        for language in languages:
+            if language not in LANGUAGES + ("random",):
+                raise ValueError(f"language {language!r} is not one of {', '.join(LANGUAGES + ('random',))}")
+        return languages
+
+    @model_validator(mode="after")
+    def _count_or_duration(self) -> Sweep:
+        if self.duration_s is None and self.requests_per_point is None:
+            raise ValueError("set requests_per_point or duration_s")
+        return self
+
+
+class Memory(Strict):
+    sample_hz: float = Field(20.0, gt=0, le=1000)
+    device_index: int = Field(0, ge=0, le=64)
+
+
+class Policy(Strict):
+    on_engine_death: Literal["abort", "continue"] = "abort"
+    max_error_rate: float = Field(0.5, ge=0, le=1, description="a point with more failed requests is marked failed")
+
+
+class Params(Strict):
+    """A whole experiment."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    description: str = ""
+    deployments: tuple[Deployment, ...] = Field(min_length=1)
+    sweep: Sweep
+    memory: Memory = Memory()
+    policy: Policy = Policy()
+
+    @model_validator(mode="after")
+    def _unique_names_and_ports(self) -> Params:
+        names = [d.name for d in self.deployments]
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        if duplicated:
+            raise ValueError(f"deployment names must be unique; repeated: {', '.join(duplicated)}")
+        ports = [d.port for d in self.deployments if d.port is not None]
+        taken = sorted({p for p in ports if ports.count(p) > 1})
+        if taken:
+            raise ValueError(f"deployment ports must be unique; repeated: {', '.join(map(str, taken))}")
+        return self
+
+
+# ----------------------------------------------------------------------------------------------- loading
+def _key_path(location: tuple[Any, ...]) -> str:
+    # pydantic puts the discriminator's tag inside the path ('engine.vllm.dtype'); users wrote 'engine.dtype'.
+    parts: list[str] = []
+    for part in location:
+        if isinstance(part, int):
+            parts.append(f"[{part}]")
+        elif part in FRAMEWORKS or part in ("concurrency", "constant", "poisson", "gamma"):
+            continue
+        else:
+            parts.append(("." if parts else "") + str(part))
+    return "".join(parts) or "(top level)"
+
+
+def format_validation_error(error: ValidationError, source: str) -> str:
+    """One line per problem: file, key path, bad value, and what is allowed."""
+    lines = [f"{source}: {error.error_count()} problem(s) in the params"]
+    for problem in error.errors():
+        path = _key_path(tuple(problem["loc"]))
+        value = problem.get("input")
+        shown = repr(value)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        message = problem["msg"]
+        if problem["type"] == "extra_forbidden":
+            message = "unknown key; check its spelling against params/README.md"
+        elif problem["type"] == "union_tag_invalid":
+            message = f"unknown kind; allowed: {problem.get('ctx', {}).get('expected_tags', '')}"
+        lines.append(f"  {path} = {shown}: {message}")
+    return "\n".join(lines)
+
+
+def parse_params(data: Any, source: str = "<params>") -> Params:
+    """Validate already-parsed YAML/JSON data; raises ParamsError naming `source`."""
+    if not isinstance(data, dict):
+        raise ParamsError(f"{source}: the top level must be a mapping of keys, got {type(data).__name__}")
+    try:
+        return Params.model_validate(data)
+    except ValidationError as error:
+        raise ParamsError(format_validation_error(error, source)) from None
+
+
+MAX_PARAMS_BYTES = 1_000_000
+
+
+def load_params(path: str | Path) -> Params:
+    """Read and validate a params YAML file; raises ParamsError with the file, key path, value and fix."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: no such params file; see params/ for examples")
+    text = path.read_bytes()
+    if len(text) > MAX_PARAMS_BYTES:
+        raise ParamsError(f"{path}: {len(text)} bytes is too large for a params file (limit {MAX_PARAMS_BYTES})")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ParamsError(f"{path}: not valid YAML: {error}") from None
+    except RecursionError:
+        raise ParamsError(f"{path}: the YAML is nested too deeply") from None
+    return parse_params(data, str(path))
+
+
+def params_stem(path: str | Path) -> str:
+    return Path(path).stem
