@@ -306,7 +306,12 @@ def _probe_version(adapter: EngineAdapter, base_url: str) -> str:
     return run_sync(_version())
 
 
-def deploy(params: Params, run_dir: Path, check_free_memory: FreeMemoryCheck | None = None) -> Fleet:
+def deploy(
+    params: Params,
+    run_dir: Path,
+    check_free_memory: FreeMemoryCheck | None = None,
+    on_started: Callable[[RunningServer], None] | None = None,
+) -> Fleet:
     """Start every deployment, smallest first; on any failure stop what was started and raise."""
     run_dir.mkdir(parents=True, exist_ok=True)
     fleet = Fleet(run_dir=run_dir)
@@ -314,7 +319,9 @@ def deploy(params: Params, run_dir: Path, check_free_memory: FreeMemoryCheck | N
         for deployment in start_order(params.deployments):
             if check_free_memory is not None:
                 check_free_memory(deployment)
-            start_server(deployment, run_dir, fleet)
+            server = start_server(deployment, run_dir, fleet)
+            if on_started is not None:
+                on_started(server)
     except BaseException:
         fleet.close()
         raise
@@ -334,16 +341,6 @@ def attach(run_dir: Path) -> Fleet | None:
     if not servers or not all(server.alive() for server in servers.values()):
         return None
     return Fleet(run_dir=run_dir, servers=servers, owned=False)
-
-
-@contextmanager
-def deployed(params: Params, run_dir: Path, check_free_memory: FreeMemoryCheck | None = None) -> Iterator[Fleet]:
-    """Attach to this run's live servers, or deploy them for the duration of the block and stop them after."""
-    fleet = attach(run_dir) or deploy(params, run_dir, check_free_memory)
-    try:
-        yield fleet
-    finally:
-        fleet.close()
 
 
 @contextmanager

@@ -1,0 +1,139 @@
+"""`manifest.json`: enough to rerun a run and to judge its numbers, with every secret redacted."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import socket
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from servelab.clock import wall_anchor
+from servelab.params import Params
+from servelab.records import MANIFEST_FILE, SCHEMA_VERSION
+
+PACKAGES = (
+    "servelab", "httpx", "pandas", "numpy", "pydantic", "papermill", "nbconvert", "nbclient", "jupyterlab",
+    "ipykernel", "matplotlib", "seaborn", "nvidia-ml-py", "psutil", "tqdm", "vllm", "sglang", "torch",
+)
+SECRET_NAME = re.compile(r"TOKEN|KEY|SECRET|PASSWORD|CREDENTIAL", re.IGNORECASE)
+REDACTED = "***redacted***"
+
+
+def secret_values() -> list[str]:
+    """Values of environment variables whose names look secret (HF_TOKEN, OPENAI_API_KEY, ...), longest first."""
+    values = [value for name, value in os.environ.items() if SECRET_NAME.search(name) and len(value) >= 8]
+    return sorted(set(values), key=len, reverse=True)
+
+
+def redact(text: str, secrets: list[str] | None = None) -> str:
+    """Replace every secret value of the environment found in `text`."""
+    for value in secrets if secrets is not None else secret_values():
+        text = text.replace(value, REDACTED)
+    return text
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def git_revision(repo: Path) -> dict[str, Any]:
+    def git(*args: str) -> str | None:
+        try:
+            completed = subprocess.run(
+                ["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=10, check=False
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return completed.stdout.strip() if completed.returncode == 0 else None
+
+    sha = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"sha": sha or "unknown", "dirty": bool(status) if status is not None else None}
+
+
+def host_info() -> dict[str, Any]:
+    return {
+        "hostname": socket.gethostname(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+    }
+
+
+def gpu_info() -> dict[str, Any] | str:
+    """GPU names, UUIDs, memory and driver from NVML, or the string 'none'."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:  # noqa: BLE001 - no driver, no library, no device: all mean "none"
+        return "none"
+    try:
+        devices = []
+        for index in range(pynvml.nvmlDeviceGetCount()):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            devices.append(
+                {
+                    "index": index,
+                    "name": _text(pynvml.nvmlDeviceGetName(handle)),
+                    "uuid": _text(pynvml.nvmlDeviceGetUUID(handle)),
+                    "memory_total_mib": pynvml.nvmlDeviceGetMemoryInfo(handle).total / 2**20,
+                }
+            )
+        return {"driver": _text(pynvml.nvmlSystemGetDriverVersion()), "devices": devices}
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def build_manifest(params: Params, params_path: str, run_id: str, repo: Path) -> dict[str, Any]:
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "run_id": run_id,
+        "params_file": params_path,
+        "params": params.model_dump(mode="json"),
+        "git": git_revision(repo),
+        "packages": package_versions(),
+        "host": host_info(),
+        "gpu": gpu_info(),
+        "clock": {"name": "CLOCK_MONOTONIC", "unit": "ns", "anchor": wall_anchor()},
+        "engines": {},
+        "calibration": None,
+    }
+
+
+def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
+    """Write atomically, with every secret value of the environment redacted."""
+    text = redact(json.dumps(manifest, indent=2, ensure_ascii=False, default=str))
+    temporary = run_dir / (MANIFEST_FILE + ".tmp")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, run_dir / MANIFEST_FILE)
+
+
+def read_manifest(run_dir: Path) -> dict[str, Any]:
+    return json.loads((run_dir / MANIFEST_FILE).read_text(encoding="utf-8"))
+
+
+def update_manifest(run_dir: Path, **sections: Any) -> dict[str, Any]:
+    manifest = read_manifest(run_dir)
+    manifest.update(sections)
+    write_manifest(run_dir, manifest)
+    return manifest

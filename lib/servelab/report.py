@@ -1,0 +1,68 @@
+"""HTML for stakeholders: the executed report notebook with its code hidden, and an index of every run."""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+from servelab.errors import OutputsError
+from servelab.manifest import redact
+from servelab.records import MANIFEST_FILE
+
+REPORT_FILE = "report.html"
+
+
+def export_html(notebook: Path, destination: Path, hide_code: bool = True) -> Path:
+    """Convert an executed notebook to one self-contained HTML file (images inline), code hidden by default."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    exporter = HTMLExporter(template_name="lab")
+    exporter.exclude_input = hide_code
+    exporter.exclude_input_prompt = True
+    exporter.exclude_output_prompt = True
+    body, _ = exporter.from_notebook_node(nbformat.read(notebook, as_version=4))
+    try:
+        destination.write_text(redact(body), encoding="utf-8")
+    except OSError as error:
+        raise OutputsError(f"cannot write {destination}: {error.strerror}") from None
+    return destination
+
+
+def export_report(run_dir: Path) -> Path:
+    """`report.html` from the executed 04_report, and a code-visible HTML of each executed notebook."""
+    executed = run_dir / "notebooks"
+    for notebook in sorted(executed.glob("*.ipynb")):
+        export_html(notebook, notebook.with_suffix(".html"), hide_code=False)
+    source = executed / "04_report.ipynb"
+    if not source.exists():
+        raise OutputsError(f"{source} is missing: run the 04_report notebook first (`servelab run` does)")
+    return export_html(source, run_dir / REPORT_FILE)
+
+
+def write_index(outputs_dir: Path) -> Path:
+    """`outputs/index.html`: one row per run, newest first, linking its report."""
+    rows = []
+    for run_dir in sorted((p for p in outputs_dir.glob("*/") if (p / MANIFEST_FILE).exists()), reverse=True):
+        manifest = json.loads((run_dir / MANIFEST_FILE).read_text(encoding="utf-8"))
+        report = run_dir / REPORT_FILE
+        link = f'<a href="{html.escape(run_dir.name)}/{REPORT_FILE}">report</a>' if report.exists() else "no report yet"
+        gpu = manifest.get("gpu")
+        gpu_text = "none" if gpu == "none" else ", ".join(d["name"] for d in gpu.get("devices", []))
+        engines = ", ".join(sorted({e.get("framework", "?") for e in manifest.get("engines", {}).values()}))
+        rows.append(
+            f"<tr><td>{html.escape(run_dir.name)}</td><td>{html.escape(manifest.get('params_file', ''))}</td>"
+            f"<td>{html.escape(engines)}</td><td>{html.escape(gpu_text)}</td><td>{link}</td></tr>"
+        )
+    page = (
+        "<!doctype html><html><head><meta charset='utf-8'><title>servelab runs</title>"
+        "<style>body{font-family:sans-serif;margin:2em}td,th{padding:4px 12px;text-align:left}"
+        "tr:nth-child(even){background:#f3f3f3}</style></head><body><h1>servelab runs</h1>"
+        "<table><tr><th>run</th><th>params</th><th>engines</th><th>GPU</th><th>report</th></tr>"
+        + "".join(rows)
+        + "</table></body></html>"
+    )
+    index = outputs_dir / "index.html"
+    index.write_text(page, encoding="utf-8")
+    return index

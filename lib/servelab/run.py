@@ -1,0 +1,108 @@
+"""Batch runs: papermill over the four notebooks, one kernel each, against servers this process owns.
+
+The servers and the memory sampler are started here, once, and every notebook attaches to them; they are
+stopped on every exit path. Executed notebooks are kept even when one fails, and the report is exported
+with the code hidden.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+from servelab.deploy import stop_on_signals
+from servelab.errors import ServelabError
+from servelab.params import Params
+from servelab.report import export_report, write_index
+from servelab.session import REPO, lab, open_run
+from servelab.sweep import estimate_seconds, plan_points
+
+log = logging.getLogger(__name__)
+
+NOTEBOOKS = ("01_deploy", "02_sweep", "03_gpu_memory", "04_report")
+NOTEBOOK_DIR = REPO / "notebooks"
+
+
+class NotebookFailed(ServelabError):
+    """A notebook raised; its executed copy, with the error in place, is kept in the run folder."""
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    report: Path
+
+
+def kernel_name() -> str:
+    """The project's kernelspec when installed (`make install` does), else the default python3 kernel."""
+    try:
+        KernelSpecManager().get_kernel_spec("servelab")
+        return "servelab"
+    except NoSuchKernel:
+        return "python3"
+
+
+def describe_grid(params: Params) -> str:
+    """The lines `--dry-run` prints: every point and a rough duration."""
+    points = plan_points(params)
+    lines = [f"{len(points)} load point(s) for {len(params.deployments)} deployment(s):"]
+    lines += [f"  {point.label}" for point in points]
+    minutes = estimate_seconds(params) / 60
+    lines.append(f"estimated sweep time: about {minutes:.1f} min, plus engine start-up")
+    return "\n".join(lines)
+
+
+def execute_notebook(name: str, run_dir: Path, params_path: Path, outputs_dir: Path) -> Path:
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    executed = run_dir / "notebooks" / f"{name}.ipynb"
+    executed.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        papermill.execute_notebook(
+            str(NOTEBOOK_DIR / f"{name}.ipynb"),
+            str(executed),
+            parameters={
+                "params_path": str(params_path.resolve()),
+                "run_dir": str(run_dir.resolve()),
+                "outputs_dir": str(outputs_dir.resolve()),
+            },
+            kernel_name=kernel_name(),
+            cwd=str(NOTEBOOK_DIR),
+            progress_bar=False,
+            log_output=False,
+        )
+    except PapermillExecutionError as error:
+        raise NotebookFailed(
+            f"notebook {name} failed: {error.ename}: {error.evalue}\nthe executed notebook is kept at {executed}"
+        ) from None
+    return executed
+
+
+def run(
+    params_path: str | Path,
+    outputs_dir: str | Path = "outputs",
+    resume: str | None = None,
+    notebooks: tuple[str, ...] = NOTEBOOKS,
+) -> RunResult:
+    """Run the notebooks over one params file; `resume` names a run id (or folder) to complete."""
+    outputs = Path(outputs_dir)
+    run_dir = None
+    if resume:
+        run_dir = Path(resume) if Path(resume).is_dir() else outputs / resume
+        if not run_dir.is_dir():
+            raise ServelabError(f"--resume {resume}: no run folder {run_dir}; `ls {outputs}` lists the runs")
+    params, run_dir = open_run(params_path, run_dir, outputs)
+    if not (run_dir / "params.yaml").exists():
+        shutil.copy2(params_path, run_dir / "params.yaml")
+    log.info("run folder: %s", run_dir)
+    with stop_on_signals(), lab(params, run_dir):
+        for name in notebooks:
+            execute_notebook(name, run_dir, Path(params_path), outputs)
+    report = export_report(run_dir)
+    write_index(outputs)
+    return RunResult(run_dir=run_dir, report=report)

@@ -1,0 +1,228 @@
+"""The grid of load points, run one after another inside one process, with every request kept on disk.
+
+A point is one deployment (or, for the interference point, all of them at once) x one language x one load
+value. Each point is marked in `points.jsonl` when it starts and when it ends; its requests are appended to
+`requests.jsonl` as they complete and fsynced before the next point starts. A point that did not end (a crash,
+SIGINT, a dead engine) is run again by `--resume`, after its partial requests are dropped, so every point
+appears in `requests.jsonl` exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from servelab import load as load_module
+from servelab import metrics
+from servelab.aio import run_sync
+from servelab.clients import Target
+from servelab.clock import now_ns
+from servelab.deploy import Fleet, RunningServer
+from servelab.errors import EngineError
+from servelab.params import ConcurrencyLoad, Params
+from servelab.prompts import build_prompts
+from servelab.records import (
+    POINTS_FILE,
+    REQUESTS_FILE,
+    SUMMARY_FILE,
+    JsonlWriter,
+    PointRecord,
+    RequestRecord,
+    latest_points,
+    read_jsonl,
+    read_requests,
+    rewrite_jsonl,
+)
+
+log = logging.getLogger(__name__)
+FINISHED = ("done", "failed")
+
+
+@dataclass(frozen=True)
+class LoadPoint:
+    """One cell of the grid."""
+
+    deployments: tuple[str, ...]
+    language: str
+    load_kind: str
+    load_value: float
+
+    @property
+    def interference(self) -> bool:
+        return len(self.deployments) > 1
+
+    def point_id(self, deployment: str) -> str:
+        together = "/together" if self.interference else ""
+        return f"{deployment}/{self.language}/{self.load_kind}-{self.load_value:g}{together}"
+
+    @property
+    def label(self) -> str:
+        who = "all" if self.interference else self.deployments[0]
+        return f"{who}/{self.language}/{self.load_kind}-{self.load_value:g}"
+
+
+def plan_points(params: Params) -> list[LoadPoint]:
+    """Every deployment alone (the others idle), then, with several deployments, all of them at once."""
+    names = tuple(d.name for d in params.deployments)
+    points = [
+        LoadPoint((name,), language, load.kind, float(value))
+        for name in names
+        for language in params.sweep.languages
+        for load in params.sweep.load
+        for value in load.values
+    ]
+    if len(names) > 1:
+        points += [
+            LoadPoint(names, params.sweep.languages[0], load.kind, float(value))
+            for load in params.sweep.load
+            for value in load.values
+        ]
+    return points
+
+
+def estimate_seconds(params: Params, seconds_per_request: float = 0.5) -> float:
+    """A rough duration for --dry-run: requests over concurrency times a per-request guess."""
+    total = 0.0
+    for point in plan_points(params):
+        if params.sweep.duration_s is not None:
+            total += params.sweep.duration_s
+            continue
+        count = (params.sweep.requests_per_point or 0) + params.sweep.warmup_requests
+        if point.load_kind == "concurrency":
+            total += count / point.load_value * seconds_per_request
+        else:
+            total += count / point.load_value
+    return total
+
+
+def target_for(server: RunningServer) -> Target:
+    return Target(
+        deployment=server.name,
+        framework=server.framework,
+        model=server.model,
+        served_model=server.served_model,
+        base_url=server.base_url,
+        api_flavour=server.api_flavour,  # type: ignore[arg-type]
+    )
+
+
+def drop_unfinished(run_dir: Path) -> list[str]:
+    """Remove the requests of points that started but never finished; returns their point ids."""
+    points = latest_points(run_dir)
+    unfinished = {pid for pid, point in points.items() if point.status not in FINISHED}
+    if unfinished:
+        rows = [row for row in read_jsonl(run_dir / REQUESTS_FILE) if row.get("point_id") not in unfinished]
+        rewrite_jsonl(run_dir / REQUESTS_FILE, rows)
+    return sorted(unfinished)
+
+
+def _max_concurrency(point: LoadPoint, params: Params) -> int:
+    if point.load_kind == "concurrency":
+        return int(point.load_value)
+    for load in params.sweep.load:
+        if load.kind == point.load_kind and not isinstance(load, ConcurrencyLoad) and load.max_concurrency:
+            return load.max_concurrency
+    return 1024
+
+
+async def _run_point(
+    point: LoadPoint, params: Params, fleet: Fleet, writer: JsonlWriter, point_seed: int
+) -> list[load_module.PointOutcome]:
+    servers = [fleet[name] for name in point.deployments]
+    connections = _max_concurrency(point, params) * len(servers)
+    async with load_module.make_client(connections) as client:
+        jobs = []
+        for offset, server in enumerate(servers):
+            count = (params.sweep.requests_per_point or 64) + params.sweep.warmup_requests
+            prompts = build_prompts(
+                params.sweep, point.language, count=count, seed=point_seed + offset, prompts_file=params.sweep.prompts_file
+            )
+            jobs.append(
+                load_module.run_point(
+                    client,
+                    target_for(server),
+                    prompts,
+                    point.load_kind,
+                    point.load_value,
+                    params.sweep,
+                    point.point_id(server.name),
+                    writer.write,
+                )
+            )
+        return list(await asyncio.gather(*jobs))
+
+
+def _point_record(point: LoadPoint, server: RunningServer, status: str, start_ns: int) -> PointRecord:
+    return PointRecord(
+        point_id=point.point_id(server.name),
+        deployment=server.name,
+        framework=server.framework,
+        model=server.model,
+        language=point.language,
+        load_kind=point.load_kind,
+        load_value=point.load_value,
+        status=status,
+        start_ns=start_ns,
+        interference=point.interference,
+    )
+
+
+def run_sweep(params: Params, run_dir: Path, fleet: Fleet, progress: bool = True) -> pd.DataFrame:
+    """Run every point not yet finished in this run; returns the tidy summary (also written to summary.csv)."""
+    dropped = drop_unfinished(run_dir)
+    if dropped:
+        log.warning("re-running %d unfinished point(s): %s", len(dropped), ", ".join(dropped))
+    finished = {pid for pid, p in latest_points(run_dir).items() if p.status in FINISHED}
+    todo = [
+        (index, point)
+        for index, point in enumerate(plan_points(params))
+        if not all(point.point_id(name) in finished for name in point.deployments)
+    ]
+    with JsonlWriter(run_dir / REQUESTS_FILE) as writer, JsonlWriter(run_dir / POINTS_FILE, fsync_every=1) as marks:
+        bar = tqdm(todo, desc="load points", unit="point", disable=not progress)
+        for index, point in bar:
+            bar.set_postfix_str(point.label)
+            start = now_ns()
+            for name in point.deployments:
+                marks.write(_point_record(point, fleet[name], "started", start))
+            outcomes = run_sync(_run_point(point, params, fleet, writer, params.sweep.seed + 1000 * index))
+            writer.sync()
+            dead = fleet.dead()
+            for name, outcome in zip(point.deployments, outcomes):
+                record = _point_record(point, fleet[name], "done", start)
+                record.end_ns = now_ns()
+                record.requests = outcome.requests
+                record.errors = outcome.errors
+                record.schedule_lag_p99_ms = outcome.lag_p99_ms
+                record.schedule_kept = outcome.schedule_kept
+                if fleet[name] in dead:
+                    record.status = "aborted"
+                    record.message = f"{name} died during this point"
+                elif outcome.requests and outcome.errors / outcome.requests > params.policy.max_error_rate:
+                    record.status = "failed"
+                    record.message = f"{outcome.errors} of {outcome.requests} requests failed"
+                marks.write(record)
+            if dead and params.policy.on_engine_death == "abort":
+                server = dead[0]
+                raise EngineError(
+                    f"the engine of {server.name} ({server.framework}, pid {server.pid}) died during point "
+                    f"{point.label}; every completed request is in {run_dir / REQUESTS_FILE}. Last lines of "
+                    f"{server.log_path}:\n{server.log_tail()}"
+                )
+    return write_summary(run_dir)
+
+
+def write_summary(run_dir: Path) -> pd.DataFrame:
+    """Recompute summary.csv from requests.jsonl and points.jsonl."""
+    summary = metrics.summarize(read_requests(run_dir), latest_points(run_dir))
+    summary.to_csv(run_dir / SUMMARY_FILE, index=False)
+    return summary
+
+
+def completed_requests(run_dir: Path) -> list[RequestRecord]:
+    return [record for record in read_requests(run_dir) if record.ok]
