@@ -1,0 +1,83 @@
+"""Small sync entry points for the notebooks, so that each notebook is parameters, calls, plots and prose."""
+
+from __future__ import annotations
+
+import atexit
+from contextlib import ExitStack
+from pathlib import Path
+
+import pandas as pd
+
+from servelab import tables
+from servelab.session import Lab, lab, latest_run, open_run
+
+_stack = ExitStack()
+atexit.register(_stack.close)
+
+
+def start(params_path: str, run_dir: str = "", outputs_dir: str = "../outputs", sample_memory: bool = True) -> Lab:
+    """Open the run (a new one when `run_dir` is empty) and attach to its servers, or start them for this kernel.
+
+    Servers started here stop when the kernel stops; `servelab run` starts them once for all four notebooks.
+    """
+    params, path = open_run(params_path, run_dir or None, outputs_dir)
+    return _stack.enter_context(lab(params, path, sample_memory=sample_memory))
+
+
+def stop() -> None:
+    """Stop the servers and the sampler this kernel started (no-op for attached ones)."""
+    _stack.close()
+
+
+def report_run(run_dir: str = "", outputs_dir: str = "../outputs") -> Path:
+    """The run the report is about: `run_dir`, or the newest run under `outputs_dir`."""
+    if run_dir:
+        return Path(run_dir)
+    newest = latest_run(outputs_dir)
+    if newest is None:
+        raise FileNotFoundError(f"no run under {outputs_dir}: run 02_sweep first, or `make demo`")
+    return newest
+
+
+def deployment_table(current: Lab) -> pd.DataFrame:
+    """Per deployment: framework, model, version, health, time to ready and idle memory from the sampler."""
+    import httpx
+
+    memory = tables.memory_frame(current.run_dir)
+    idle = idle_memory_mib(memory)
+    rows = []
+    for server in current.servers:
+        try:
+            healthy = httpx.get(server.base_url + _health_path(server), timeout=5).status_code == 200
+        except httpx.HTTPError:
+            healthy = False
+        rows.append(
+            {
+                "deployment": server.name,
+                "framework": server.framework,
+                "model": server.model + (" (shape only)" if server.shape_only else ""),
+                "version": server.version,
+                "healthy": healthy,
+                "ready_s": round(server.ready_s, 2),
+                "idle_memory_mib": idle.get(server.name),
+                "memory_source": memory["source"].iloc[0] if not memory.empty else "none",
+                "endpoint": server.base_url,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _health_path(server: object) -> str:
+    from servelab.engines.base import ENGINES
+
+    adapter = ENGINES.get(getattr(server, "framework", ""))
+    return adapter.health_path if adapter else "/health"
+
+
+def idle_memory_mib(memory: pd.DataFrame) -> dict[str, float]:
+    """Per deployment, its processes' memory summed at the latest sample."""
+    rows = memory[(memory["scope"] == "process") & memory["deployment"].notna()]
+    if rows.empty:
+        return {}
+    latest = rows[rows["t_ns"] == rows.groupby("deployment")["t_ns"].transform("max")]
+    return latest.groupby("deployment")["used_mib"].sum().round(1).to_dict()

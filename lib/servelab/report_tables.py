@@ -1,0 +1,119 @@
+"""The tables of the stakeholder report, each computed from a run's files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from servelab.manifest import read_manifest
+
+
+def run_header(run_dir: Path) -> pd.DataFrame:
+    """What ran where: run id, params, git revision, host, GPU, and each engine's version."""
+    manifest = read_manifest(run_dir)
+    gpu = manifest.get("gpu")
+    if gpu == "none" or not gpu:
+        gpu_text = "none (CPU machine: memory figures are host RSS, not GPU memory)"
+    else:
+        names = ", ".join(f"{d['name']} ({d['memory_total_mib']:,.0f} MiB)" for d in gpu.get("devices", []))
+        gpu_text = f"{names}; driver {gpu.get('driver')}"
+    git = manifest.get("git", {})
+    rows = [
+        ("run", manifest.get("run_id")),
+        ("params", manifest.get("params_file")),
+        ("git", f"{git.get('sha', 'unknown')[:12]}{' (dirty tree)' if git.get('dirty') else ''}"),
+        ("host", f"{manifest['host']['hostname']}, {manifest['host']['cores']} cores, {manifest['host']['memory_gib']} GiB"),
+        ("GPU", gpu_text),
+        ("started (UTC)", manifest.get("clock", {}).get("anchor", {}).get("utc")),
+    ]
+    for name, engine in manifest.get("engines", {}).items():
+        shape = ", shape only (dummy weights)" if engine.get("shape_only") else ""
+        rows.append((f"engine {name}", f"{engine['framework']} {engine['version']}, model {engine['model']}{shape}"))
+    calibration = manifest.get("calibration")
+    if calibration:
+        rows.append(("client ceiling", _calibration_text(calibration)))
+    return pd.DataFrame(rows, columns=["", "value"]).set_index("")
+
+
+def _calibration_text(calibration: dict) -> str:
+    parts = []
+    for key in ("max_req_s", "max_tok_s"):
+        if key in calibration:
+            parts.append(f"{key} {calibration[key]:,.0f}")
+    return ", ".join(parts) or str(calibration)
+
+
+def _pick(summary: pd.DataFrame, metric: str, stat: str) -> pd.DataFrame:
+    return summary[(summary["metric"] == metric) & (summary["stat"] == stat)]
+
+
+def key_results(summary: pd.DataFrame, requests: pd.DataFrame, samples: pd.DataFrame) -> pd.DataFrame:
+    """The seed's key-results table, from data: per deployment, best throughput, low-load latency, peak memory."""
+    if summary.empty:
+        return pd.DataFrame({"note": ["no load point has finished yet"]})
+    alone = summary[~summary.get("interference", pd.Series(False, index=summary.index)).fillna(False).astype(bool)]
+    rows = []
+    for deployment, frame in alone.groupby("deployment"):
+        throughput = _pick(frame, "output_tok_s", "value")
+        ttft = _pick(frame, "ttft_ms", "p50")
+        lowest = ttft[ttft["load_value"] == ttft["load_value"].min()] if not ttft.empty else ttft
+        success = _pick(frame, "success_rate", "value")
+        row = {
+            "deployment": deployment,
+            "framework": frame["framework"].iloc[0],
+            "model": frame["model"].iloc[0],
+            "best output tok/s": round(throughput["value"].max(), 1) if not throughput.empty else None,
+            "at load": throughput.loc[throughput["value"].idxmax(), "load_value"] if not throughput.empty else None,
+            "median TTFT ms (lowest load)": round(lowest["value"].mean(), 1) if not lowest.empty else None,
+            "success rate": round(success["value"].mean(), 4) if not success.empty else None,
+        }
+        row.update(_peak_memory(samples, str(deployment)))
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("deployment")
+
+
+def _peak_memory(samples: pd.DataFrame, deployment: str) -> dict[str, object]:
+    rows = samples[(samples["scope"] == "process") & (samples["deployment"] == deployment)] if not samples.empty else samples
+    if rows.empty:
+        return {"peak memory MiB": None}
+    per_time = rows.groupby("t_ns")["used_mib"].sum()
+    label = "peak GPU memory MiB" if rows["source"].iloc[0] == "nvml" else "peak host RSS MiB (no GPU)"
+    return {label: round(per_time.max(), 1)}
+
+
+def failures(points: pd.DataFrame, requests: pd.DataFrame) -> pd.DataFrame:
+    """Points that failed, aborted or never finished, and error counts by class for every point with errors."""
+    if points.empty:
+        return pd.DataFrame({"note": ["no load points recorded"]})
+    measured = requests[~requests["warmup"]] if not requests.empty else requests
+    errors = (
+        measured[~measured["ok"]].groupby(["point_id", "error_class"]).size().unstack(fill_value=0)
+        if not measured.empty and (~measured["ok"]).any()
+        else pd.DataFrame()
+    )
+    table = points.set_index("point_id")[["status", "requests", "errors", "schedule_kept", "message"]]
+    if not errors.empty:
+        table = table.join(errors.add_prefix("errors: "), how="left").fillna({c: 0 for c in errors.add_prefix("errors: ").columns})
+    bad = table[(table["status"] != "done") | (table["errors"] > 0) | (table["schedule_kept"] == False)]  # noqa: E712
+    if bad.empty:
+        return pd.DataFrame({"note": [f"all {len(table)} load points finished with no failed request"]})
+    return bad
+
+
+def warnings(run_dir: Path, summary: pd.DataFrame, samples: pd.DataFrame) -> pd.DataFrame:
+    """Things a reader must know before trusting the numbers."""
+    manifest = read_manifest(run_dir)
+    notes = []
+    if any(engine.get("shape_only") for engine in manifest.get("engines", {}).values()):
+        notes.append("Some models are shapes served with dummy weights: speed and memory are real, output text is not.")
+    if manifest.get("gpu") == "none":
+        notes.append("No GPU: memory figures are the host RSS of the engine processes, not GPU memory.")
+    if not samples.empty and samples["source"].iloc[0] != "nvml":
+        notes.append("Memory source is host_rss (labelled as such in every plot).")
+    calibration = manifest.get("calibration")
+    if calibration is None:
+        notes.append("The client was not calibrated for this run (`servelab calibrate`); its ceiling is unknown.")
+    if not notes:
+        notes.append("none")
+    return pd.DataFrame({"warning": notes})
