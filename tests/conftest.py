@@ -53,3 +53,15 @@ def embedded_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
 def embedded_server(embedded_fleet: Fleet) -> RunningServer:
     """The RunningServer of `embedded_fleet`: `.base_url`, `.served_model`, `.pid`, `.name` (the deployment)."""
     return embedded_fleet["smollm2"]
+
+
+@pytest.fixture(scope="session")
+def batch_run(tmp_path_factory: pytest.TempPathFactory):
+    """`servelab run` over the four notebooks with tiny params: the run folder and its report."""
+    from fixtures_run import write_params
+
+    from servelab.run import run
+
+    folder = tmp_path_factory.mktemp("batch")
+    params_path = write_params(folder)
+    return run(params_path, outputs_dir=folder / "outputs")

@@ -18,8 +18,7 @@ import pytest
 from servelab.deploy import attach, deploy, port_is_free
 from servelab.errors import DeployError, EngineError
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from conftest import embedded_params  # noqa: E402
+from conftest import embedded_params
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -1,0 +1,88 @@
+"""The four notebooks: committed clean, parameterised, and executed for real through papermill."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import papermill
+import pytest
+
+from servelab.records import read_jsonl
+from servelab.run import NOTEBOOKS, kernel_name
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_is_committed_without_outputs_and_has_one_tagged_parameters_cell(name):
+    book = nbformat.read(REPO / "notebooks" / f"{name}.ipynb", as_version=4)
+    code = [cell for cell in book.cells if cell.cell_type == "code"]
+    assert all(not cell.get("outputs") and cell.get("execution_count") is None for cell in code)
+    tagged = [cell for cell in code if "parameters" in cell.metadata.get("tags", [])]
+    assert len(tagged) == 1
+    assert book.cells[0].cell_type == "markdown" and book.cells[0].source.startswith("# ")
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebooks_define_no_functions_beyond_a_line_or_two(name):
+    book = nbformat.read(REPO / "notebooks" / f"{name}.ipynb", as_version=4)
+    for cell in book.cells:
+        if cell.cell_type == "code":
+            assert "def " not in cell.source and "class " not in cell.source
+
+
+def test_batch_run_executes_all_four_notebooks_and_writes_the_results_layout(batch_run):
+    run_dir = batch_run.run_dir
+    for name in ("manifest.json", "requests.jsonl", "points.jsonl", "summary.csv", "report.html", "host_memory.csv"):
+        assert (run_dir / name).stat().st_size > 0, name
+    for name in NOTEBOOKS:
+        executed = nbformat.read(run_dir / "notebooks" / f"{name}.ipynb", as_version=4)
+        assert executed.metadata["papermill"]["exception"] is False or executed.metadata["papermill"].get("exception") is None
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["gpu"] == "none"
+    assert manifest["engines"]["smollm2"]["framework"] == "llamacpp"
+    assert manifest["git"]["sha"]
+    requests = list(read_jsonl(run_dir / "requests.jsonl"))
+    measured = [r for r in requests if not r["warmup"]]
+    assert len(measured) == 2 * 2 * 4
+    assert all(r["error_class"] is None for r in requests)
+    summary = pd.read_csv(run_dir / "summary.csv")
+    assert {"point_id", "metric", "stat", "value"} <= set(summary.columns)
+    assert (run_dir.parent / "index.html").read_text().count(run_dir.name) >= 1
+
+
+def test_host_memory_fallback_is_labelled_host_rss_and_attributed_to_the_engine(batch_run):
+    samples = pd.read_csv(batch_run.run_dir / "host_memory.csv")
+    assert set(samples["source"]) == {"host_rss"}
+    engine_rows = samples[(samples["scope"] == "process") & (samples["deployment"] == "smollm2")]
+    assert len(engine_rows) > 10
+    assert engine_rows["used_mib"].max() > 50
+    assert not (batch_run.run_dir / "gpu.csv").exists()
+
+
+def test_report_says_memory_is_host_rss_not_gpu_on_the_cpu_machine(batch_run):
+    html = batch_run.report.read_text()
+    assert "host RSS" in html
+    assert "def " not in html
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_each_notebook_runs_alone_with_its_default_parameters(name, tmp_path):
+    # A copy of notebooks/ and params/ side by side, so the defaults' relative paths hold and outputs stay in tmp.
+    shutil.copytree(REPO / "notebooks", tmp_path / "notebooks")
+    shutil.copytree(REPO / "params", tmp_path / "params")
+    if name == "04_report":
+        papermill.execute_notebook(
+            str(tmp_path / "notebooks" / "02_sweep.ipynb"), str(tmp_path / "sweep.ipynb"),
+            kernel_name=kernel_name(), cwd=str(tmp_path / "notebooks"), progress_bar=False,
+        )
+    papermill.execute_notebook(
+        str(tmp_path / "notebooks" / f"{name}.ipynb"), str(tmp_path / f"{name}.out.ipynb"),
+        kernel_name=kernel_name(), cwd=str(tmp_path / "notebooks"), progress_bar=False,
+    )
+    runs = [p for p in (tmp_path / "outputs").iterdir() if p.is_dir()]
+    assert runs, "the notebook created no run folder"
