@@ -55,6 +55,8 @@ class RunningServer:
     version: str = "unknown"
     metrics_path: str | None = None
     shape_only: bool = False
+    model_path: str = ""
+    """What the server loaded: a GGUF, a hub id, or a shape model's folder (its tokenizer too)."""
 
     @property
     def ready_s(self) -> float:
@@ -279,6 +281,7 @@ def start_server(deployment: Deployment, run_dir: Path, fleet: Fleet) -> Running
         ready_ns=now_ns(),
         metrics_path=adapter.metrics_path,
         shape_only=deployment.shape is not None,
+        model_path=model_path,
     )
     server.version = _probe_version(adapter, base_url)
     after_ready = getattr(adapter, "after_ready", None)

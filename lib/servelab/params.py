@@ -136,6 +136,7 @@ class RateLoad(Strict):
     values: tuple[float, ...] = Field(min_length=1, description="requests per second")
     burstiness: float = Field(1.0, gt=0, description="gamma shape; 1 is Poisson, below 1 burstier")
     max_concurrency: int | None = Field(None, ge=1, le=100_000)
+    ramp_up_s: float = Field(0.0, ge=0, description="the rate rises linearly from 0 to the value over this time")
 
     @field_validator("values")
     @classmethod

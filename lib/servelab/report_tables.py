@@ -117,3 +117,13 @@ def warnings(run_dir: Path, summary: pd.DataFrame, samples: pd.DataFrame) -> pd.
     if not notes:
         notes.append("none")
     return pd.DataFrame({"warning": notes})
+
+
+def agreement(run_dir: Path) -> pd.DataFrame:
+    """servelab against `vllm bench serve` and the engine's own counter, where the run measured it."""
+    from servelab.agreement import read_agreement
+
+    table = read_agreement(run_dir)
+    if table.empty:
+        return pd.DataFrame({"note": ["not measured in this run (benchmarks/gpu_truth.py measures it on a GPU)"]})
+    return table.set_index(["deployment", "concurrency"])

@@ -60,6 +60,10 @@ class EngineAdapter(ABC):
             pass
         return "unknown"
 
+    async def after_ready(self, client: httpx.AsyncClient, base_url: str, deployment: Deployment) -> None:
+        """Runs once the health check passes and before any load (Ollama loads its model here); default: nothing."""
+        return None
+
     def version_argv(self, deployment: Deployment) -> list[str] | None:
         """A command that prints the version without starting a server, or None."""
         return None

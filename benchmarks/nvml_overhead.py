@@ -1,0 +1,133 @@
+"""What the memory sampler costs in CPU: process CPU time over fixed wall-clock windows with the sampler off and
+on, interleaved in one run, as % of one core. Also the cost of single NVML reads where NVML is present.
+
+    .venv/bin/python benchmarks/nvml_overhead.py [--hz 100] [--window-s 5] [--rounds 3] [--json out.json]
+
+Without NVML (a CPU machine) it says so and measures the host-RSS fallback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+from servelab.gpu import MemorySampler, NvmlReader, PidMap, nvml_available
+
+
+def cpu_s() -> float:
+    """User + system CPU seconds of this whole process (every thread)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def thread_cpu_s(native_id: int | None) -> float:
+    if native_id is None:
+        return 0.0
+    for thread in psutil.Process().threads():
+        if thread.id == native_id:
+            return thread.user_time + thread.system_time
+    return 0.0
+
+
+def window(seconds: float, sampler: MemorySampler | None) -> dict[str, Any]:
+    """One window: wall time, process CPU (getrusage and process_time), and the sampler thread's own CPU."""
+    if sampler is not None:
+        sampler.start()
+    thread_id = sampler.thread_id if sampler is not None else None
+    wall0, cpu0, process0 = time.perf_counter(), cpu_s(), time.process_time()
+    thread0 = thread_cpu_s(thread_id)
+    time.sleep(seconds)
+    thread1 = thread_cpu_s(thread_id)
+    wall, cpu, process = time.perf_counter() - wall0, cpu_s() - cpu0, time.process_time() - process0
+    row: dict[str, Any] = {
+        "sampler": "on" if sampler else "off",
+        "wall_s": wall,
+        "cpu_pct_of_core": 100 * cpu / wall,
+        "process_time_pct_of_core": 100 * process / wall,
+        "sampler_thread_pct_of_core": 100 * (thread1 - thread0) / wall if sampler else 0.0,
+    }
+    if sampler is not None:
+        ticks = sampler.ticks
+        sampler.stop()
+        row |= {"ticks": ticks, "achieved_hz": ticks / wall, **{k: sampler.stats()[k] for k in ("missed_ticks", "max_lateness_ms", "failures", "mode")}}
+    return row
+
+
+def nvml_call_costs(device_index: int, calls: int = 2000) -> dict[str, float]:
+    """Microseconds per full device reading and per process listing, averaged over `calls`."""
+    reader = NvmlReader(device_index)
+    try:
+        costs = {}
+        for name, read in (("device_read_us", lambda: reader.device(0)), ("process_listing_us", lambda: reader.processes(0))):
+            start = time.perf_counter()
+            for _ in range(calls):
+                read()
+            costs[name] = 1e6 * (time.perf_counter() - start) / calls
+        return costs
+    finally:
+        reader.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--hz", type=float, default=100.0)
+    parser.add_argument("--window-s", type=float, default=5.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--device-index", type=int, default=0)
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args(argv)
+
+    has_nvml = nvml_available()
+    if has_nvml:
+        print(f"NVML: present; sampling GPU {args.device_index} at {args.hz:g} Hz")
+    else:
+        print(f"NVML: ABSENT on this machine; measuring the host_rss fallback at {args.hz:g} Hz instead (no GPU numbers)")
+    pid_map = PidMap()
+    pid_map.add("this-benchmark", os.getpid())
+    rows = []
+    with tempfile.TemporaryDirectory() as run_dir:
+        for round_index in range(args.rounds):
+            for sampling in (False, True):
+                sampler = MemorySampler(Path(run_dir) / f"r{round_index}", sample_hz=args.hz, device_index=args.device_index,
+                                        attribution=pid_map) if sampling else None
+                rows.append({"round": round_index} | window(args.window_s, sampler))
+    off = [r["cpu_pct_of_core"] for r in rows if r["sampler"] == "off"]
+    on = [r for r in rows if r["sampler"] == "on"]
+    result: dict[str, Any] = {
+        "nvml": has_nvml,
+        "mode": on[0]["mode"] if on else None,
+        "hz": args.hz,
+        "cores": psutil.cpu_count(),
+        "windows": rows,
+        "off_cpu_pct_of_core": sum(off) / len(off),
+        "on_cpu_pct_of_core": sum(r["cpu_pct_of_core"] for r in on) / len(on),
+        "sampler_thread_pct_of_core": sum(r["sampler_thread_pct_of_core"] for r in on) / len(on),
+    }
+    result["overhead_pct_of_core"] = result["on_cpu_pct_of_core"] - result["off_cpu_pct_of_core"]
+    if has_nvml:
+        result |= nvml_call_costs(args.device_index)
+
+    print(f"{'round':>5} {'sampler':>7} {'wall s':>7} {'CPU % of core':>13} {'thread %':>8} {'ticks':>6} {'Hz':>7} {'missed':>6} {'late ms':>8}")
+    for r in rows:
+        print(f"{r['round']:>5} {r['sampler']:>7} {r['wall_s']:>7.2f} {r['cpu_pct_of_core']:>13.2f} {r['sampler_thread_pct_of_core']:>8.2f} "
+              f"{r.get('ticks', ''):>6} {r.get('achieved_hz', 0):>7.1f} {r.get('missed_ticks', ''):>6} {r.get('max_lateness_ms', 0):>8.2f}")
+    print(f"sampler ({result['mode']}) at {args.hz:g} Hz costs {result['overhead_pct_of_core']:.2f} % of one core "
+          f"(process {result['off_cpu_pct_of_core']:.2f} % off, {result['on_cpu_pct_of_core']:.2f} % on; "
+          f"sampler thread alone {result['sampler_thread_pct_of_core']:.2f} %)")
+    if has_nvml:
+        print(f"one device reading {result['device_read_us']:.1f} us, one process listing {result['process_listing_us']:.1f} us")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

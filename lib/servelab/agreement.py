@@ -1,0 +1,172 @@
+"""servelab against `vllm bench serve` and against the engine's own counters, on the same server and load.
+
+For each concurrency, servelab and `vllm bench serve` each send the same number of random-token prompts of
+the same length, with ignore_eos, one after the other on the same server. Around servelab's point the
+engine's Prometheus generation counter is read, which gives the server-side generation throughput that
+servelab's own output tok/s must reach (else the client, not the engine, is the limit).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from servelab import engine_metrics, metrics
+from servelab.aio import run_sync
+from servelab.deploy import RunningServer
+from servelab.load import make_client, run_point
+from servelab.params import Sweep
+from servelab.prompts import build_prompts
+from servelab.records import JsonlWriter, RequestRecord
+from servelab.sweep import target_for
+
+log = logging.getLogger(__name__)
+AGREEMENT_FILE = "agreement.csv"
+AGREEMENT_REQUESTS_FILE = "agreement_requests.jsonl"
+
+
+@dataclass
+class AgreementRow:
+    deployment: str
+    concurrency: int
+    prompts: int
+    servelab_output_tok_s: float
+    vllm_bench_output_tok_s: float | None
+    output_tok_s_diff_pct: float | None
+    servelab_mean_ttft_ms: float
+    vllm_bench_mean_ttft_ms: float | None
+    ttft_diff_pct: float | None
+    servelab_mean_tpot_ms: float
+    vllm_bench_mean_tpot_ms: float | None
+    tpot_diff_pct: float | None
+    server_output_tok_s: float | None
+    """The engine's own generation counter over the window of servelab's point (warm-up included)."""
+    client_received_tok_s: float | None
+    """Tokens servelab received (server-counted, warm-up included) over the same window."""
+    received_over_server: float | None
+
+
+def _diff_pct(ours: float, theirs: float | None) -> float | None:
+    return None if theirs in (None, 0) else round(100.0 * (ours - theirs) / theirs, 2)
+
+
+def vllm_bench_argv(
+    server: RunningServer, concurrency: int, prompts: int, input_len: int, output_len: int, result_dir: Path,
+    python: str = "python3", seed: int = 0,
+) -> list[str]:
+    """`vllm bench serve` on the random dataset at one concurrency, saving its result JSON."""
+    return [
+        python, "-m", "vllm.entrypoints.cli.main", "bench", "serve",
+        "--backend", "vllm",
+        "--base-url", server.base_url,
+        "--endpoint", "/v1/completions",
+        "--model", server.served_model,
+        "--tokenizer", server.model_path,
+        "--dataset-name", "random",
+        "--random-input-len", str(input_len),
+        "--random-output-len", str(output_len),
+        "--num-prompts", str(prompts),
+        "--max-concurrency", str(concurrency),
+        "--request-rate", "inf",
+        "--ignore-eos",
+        "--seed", str(seed),
+        "--percentile-metrics", "ttft,tpot,itl,e2el",
+        "--metric-percentiles", "50,90,99",
+        "--save-result",
+        "--result-dir", str(result_dir),
+        "--result-filename", f"vllm-bench-c{concurrency}.json",
+    ]
+
+
+def run_vllm_bench(argv: list[str], result_dir: Path, log_path: Path) -> dict:
+    """Run `vllm bench serve` and return its saved result."""
+    result_dir.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log_file:
+        subprocess.run(argv, stdout=log_file, stderr=subprocess.STDOUT, check=True, timeout=1800)  # noqa: S603
+    result = result_dir / argv[-1]
+    return json.loads(result.read_text())
+
+
+def servelab_point(
+    server: RunningServer, sweep: Sweep, concurrency: int, prompts: int, writer: JsonlWriter, seed: int
+) -> tuple[list[RequestRecord], float | None, float | None]:
+    """One closed-loop point of random-token prompts: its records, the server's and the client's tok/s over it."""
+    point_sweep = sweep.model_copy(
+        update={"requests_per_point": prompts, "duration_s": None, "warmup_requests": min(concurrency, 16), "languages": ("random",)}
+    )
+    texts = build_prompts(point_sweep, "random", count=prompts + point_sweep.warmup_requests, seed=seed, prompts_file=None)
+    records: list[RequestRecord] = []
+
+    def keep(record: RequestRecord) -> None:
+        records.append(record)
+        writer.write(record)
+
+    async def go() -> None:
+        async with make_client(concurrency) as client:
+            await run_point(client, target_for(server), texts, "concurrency", float(concurrency), point_sweep,
+                            f"{server.name}/random/agreement-c{concurrency}", keep)
+
+    before = engine_metrics.snapshot(server.base_url, server.metrics_path or "/metrics")
+    run_sync(go())
+    after = engine_metrics.snapshot(server.base_url, server.metrics_path or "/metrics")
+    window_s = (after.t_ns - before.t_ns) / 1e9
+    received = sum(record.output_tokens or 0 for record in records if record.ok)
+    return records, engine_metrics.server_output_tok_s(before, after), received / window_s if window_s > 0 else None
+
+
+def _mean(summary: pd.DataFrame, metric: str, stat: str = "mean") -> float:
+    rows = summary[(summary["metric"] == metric) & (summary["stat"] == stat)]
+    return float(rows["value"].iloc[0]) if not rows.empty else float("nan")
+
+
+def compare_with_vllm_bench(
+    server: RunningServer, sweep: Sweep, concurrencies: list[int], run_dir: Path, prompts_per_concurrency: int = 8,
+    min_prompts: int = 64, python: str = "python3",
+) -> pd.DataFrame:
+    """The agreement table, also written to `<run>/agreement.csv`; vLLM's results are kept in `<run>/vllm-bench/`."""
+    rows = []
+    bench_dir = run_dir / "vllm-bench"
+    with JsonlWriter(run_dir / AGREEMENT_REQUESTS_FILE) as writer:
+        for index, concurrency in enumerate(concurrencies):
+            prompts = max(min_prompts, prompts_per_concurrency * concurrency)
+            records, server_tok_s, received_tok_s = servelab_point(server, sweep, concurrency, prompts, writer, seed=sweep.seed + index)
+            summary = metrics.summarize(records, None)
+            ours_tok_s = _mean(summary, "output_tok_s", "value")
+            theirs: dict = {}
+            try:
+                argv = vllm_bench_argv(server, concurrency, prompts, sweep.input_tokens, sweep.output_tokens, bench_dir, python)
+                theirs = run_vllm_bench(argv, bench_dir, run_dir / "logs" / "vllm-bench.log")
+            except (subprocess.SubprocessError, OSError, ValueError) as error:
+                log.error("vllm bench serve failed at concurrency %d: %s", concurrency, error)
+            row = AgreementRow(
+                deployment=server.name,
+                concurrency=concurrency,
+                prompts=prompts,
+                servelab_output_tok_s=round(ours_tok_s, 1),
+                vllm_bench_output_tok_s=theirs.get("output_throughput"),
+                output_tok_s_diff_pct=_diff_pct(ours_tok_s, theirs.get("output_throughput")),
+                servelab_mean_ttft_ms=round(_mean(summary, "ttft_ms"), 2),
+                vllm_bench_mean_ttft_ms=theirs.get("mean_ttft_ms"),
+                ttft_diff_pct=_diff_pct(_mean(summary, "ttft_ms"), theirs.get("mean_ttft_ms")),
+                servelab_mean_tpot_ms=round(_mean(summary, "tpot_ms"), 3),
+                vllm_bench_mean_tpot_ms=theirs.get("mean_tpot_ms"),
+                tpot_diff_pct=_diff_pct(_mean(summary, "tpot_ms"), theirs.get("mean_tpot_ms")),
+                server_output_tok_s=None if server_tok_s is None else round(server_tok_s, 1),
+                client_received_tok_s=None if received_tok_s is None else round(received_tok_s, 1),
+                received_over_server=None if not server_tok_s or received_tok_s is None else round(received_tok_s / server_tok_s, 4),
+            )
+            log.info("agreement at c=%d: %s", concurrency, row)
+            rows.append(asdict(row))
+    table = pd.DataFrame(rows)
+    table.to_csv(run_dir / AGREEMENT_FILE, index=False)
+    return table
+
+
+def read_agreement(run_dir: Path) -> pd.DataFrame:
+    path = run_dir / AGREEMENT_FILE
+    return pd.read_csv(path) if path.exists() else pd.DataFrame()

@@ -1,0 +1,428 @@
+"""Streaming clients: one request in, one filled `RequestRecord` out, never an exception for a failed request.
+
+Two API flavours share one code path:
+- 'openai': `/v1/completions` and `/v1/chat/completions`, server-sent events (`data: {...}` ... `data: [DONE]`);
+  usage is asked for with `stream_options.include_usage`.
+- 'ollama': `/api/generate` and `/api/chat`, one JSON object per line; the last has `done: true`,
+  `eval_count`, `prompt_eval_count` and the server's durations (ns).
+
+Every stamp is `servelab.clock.now_ns()`. A network read is stamped once, when it arrives, and every event
+it carried gets that stamp: two events in one read reached us together, and the record says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+import httpx
+
+from servelab.clock import now_ns
+from servelab.records import RequestRecord
+
+if TYPE_CHECKING:
+    from servelab.params import Deployment
+    from servelab.prompts import Prompt
+
+Api = Literal["completions", "chat"]
+ApiFlavour = Literal["openai", "ollama"]
+
+PATHS: dict[tuple[str, str], str] = {
+    ("openai", "completions"): "/v1/completions",
+    ("openai", "chat"): "/v1/chat/completions",
+    ("ollama", "completions"): "/api/generate",
+    ("ollama", "chat"): "/api/chat",
+}
+ERROR_BODY_CHARS = 2000
+_TIMEOUTS = (TimeoutError, asyncio.exceptions.TimeoutError)  # one class from Python 3.11, two before
+RECEIVE_BUFFER_BYTES = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where requests go and what the records call it."""
+
+    deployment: str
+    framework: str
+    model: str
+    """What we report (the params' model)."""
+    served_model: str
+    """What requests carry in their `model` field."""
+    base_url: str
+    api_flavour: ApiFlavour
+
+    @classmethod
+    def for_deployment(cls, deployment: Deployment, base_url: str) -> Target:
+        """The target of a running deployment, naming the model as its engine adapter serves it."""
+        from servelab.engines import adapter_for
+
+        adapter = adapter_for(deployment)
+        flavour = adapter.api_flavour
+        if flavour not in ("openai", "ollama"):
+            raise ValueError(f"engine {deployment.engine.kind!r} has unknown api_flavour {flavour!r}")
+        return cls(
+            deployment=deployment.name,
+            framework=deployment.engine.kind,
+            model=deployment.model,
+            served_model=adapter.served_model_name(deployment),
+            base_url=base_url.rstrip("/"),
+            api_flavour=flavour,  # type: ignore[arg-type]
+        )
+
+
+class TokenCounter(Protocol):
+    """Anything that counts tokens of a text asynchronously (see `servelab.tokens`)."""
+
+    async def count_async(self, text: str) -> int: ...
+
+
+def make_client(max_connections: int, *, timeout_s: float = 120.0) -> httpx.AsyncClient:
+    """One pooled HTTP/1.1 client for a whole run; size `max_connections` to the highest concurrency."""
+    if max_connections < 1:
+        raise ValueError(f"max_connections must be at least 1, got {max_connections}")
+    limits = httpx.Limits(
+        max_connections=max_connections, max_keepalive_connections=max_connections, keepalive_expiry=60.0
+    )
+    transport = httpx.AsyncHTTPTransport(
+        limits=limits,
+        retries=0,
+        socket_options=[
+            (socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES),
+            (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),
+        ],
+    )
+    # trust_env=False: a proxy from the environment would sit inside every latency we measure.
+    return httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(timeout_s), trust_env=False)
+
+
+def request_body(target: Target, prompt_text: str, *, api: Api, output_tokens: int, ignore_eos: bool) -> dict[str, Any]:
+    """The JSON body of one streaming request; greedy decoding so runs repeat."""
+    if target.api_flavour == "ollama":
+        body: dict[str, Any] = {
+            "model": target.served_model,
+            "stream": True,
+            # Ollama has no ignore_eos: num_predict is a ceiling, so outputs may be shorter.
+            "options": {"num_predict": output_tokens, "temperature": 0},
+        }
+        if api == "chat":
+            body["messages"] = [{"role": "user", "content": prompt_text}]
+        else:
+            body["prompt"] = prompt_text
+        return body
+    body = {
+        "model": target.served_model,
+        "max_tokens": output_tokens,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    if ignore_eos:
+        body["ignore_eos"] = True
+    if api == "chat":
+        body["messages"] = [{"role": "user", "content": prompt_text}]
+    else:
+        body["prompt"] = prompt_text
+    return body
+
+
+class _StreamError(Exception):
+    """The server said something we cannot use; carries the record's error class."""
+
+    def __init__(self, error_class: str, message: str) -> None:
+        super().__init__(message)
+        self.error_class = error_class
+
+
+def _class_of_status(status: int) -> str:
+    if status == 429:
+        return "http_429"
+    if 400 <= status < 500:
+        return "http_4xx"
+    if status >= 500:
+        return "http_5xx"
+    return "protocol"
+
+
+def _error_of_event(error: Any) -> _StreamError:
+    """An error object sent inside a 200 stream (vLLM, llama.cpp, Ollama all do this)."""
+    if isinstance(error, dict):
+        code = error.get("code")
+        message = str(error.get("message", error))
+        if isinstance(code, int) and code >= 400:
+            return _StreamError(_class_of_status(code), f"in-stream error {code}: {message}")
+        return _StreamError("protocol", f"in-stream error: {message}")
+    return _StreamError("protocol", f"in-stream error: {error}")
+
+
+class _Stream:
+    """Accumulates one response's events into its record."""
+
+    def __init__(self, record: RequestRecord, keep_text: bool) -> None:
+        self.record = record
+        self.pieces: list[str] | None = [] if keep_text else None
+        self.server_output_tokens: int | None = None
+        self.finished = False
+        self._tail = b""
+
+    def content(self, text: str, t: int) -> None:
+        record = self.record
+        if not record.chunk_ns:
+            record.first_token_ns = t
+        record.chunk_ns.append(t)
+        record.chunk_count += 1
+        record.output_chars += len(text)
+        if self.pieces is not None:
+            self.pieces.append(text)
+
+    def feed(self, data: bytes, t: int) -> None:
+        """Split arrived bytes into lines: one split per network read, the unfinished line kept for the next."""
+        lines = (self._tail + data if self._tail else data).split(b"\n")
+        self._tail = lines.pop()
+        for line in lines:
+            self.line(line, t)
+
+    def close(self, t: int) -> None:
+        if self._tail:
+            self.line(self._tail, t)
+            self._tail = b""
+
+    def line(self, line: bytes, t: int) -> None:
+        raise NotImplementedError
+
+    def check_complete(self) -> None:
+        raise NotImplementedError
+
+
+class _SseStream(_Stream):
+    """OpenAI-style server-sent events; `data:` lines of one event are joined, a blank line ends it."""
+
+    def __init__(self, record: RequestRecord, keep_text: bool) -> None:
+        super().__init__(record, keep_text)
+        self._data: list[bytes] = []
+        self.done = False
+
+    def feed(self, data: bytes, t: int) -> None:
+        # The hot loop of a run, inlined: one split per network read, then a prefix test per line.
+        lines = (self._tail + data if self._tail else data).split(b"\n")
+        self._tail = lines.pop()
+        pending = self._data
+        for line in lines:
+            if line[:5] == b"data:":
+                pending.append(line[5:])
+            elif (not line or line == b"\r") and pending:
+                payload = pending[0] if len(pending) == 1 else b"\n".join(p.removesuffix(b"\r") for p in pending)
+                pending.clear()
+                self.event(payload, t)
+            # Comments (':'), 'event:', 'id:' and 'retry:' carry nothing we measure.
+
+    def close(self, t: int) -> None:
+        self.feed(b"\n\n", t)
+
+    def event(self, payload: bytes, t: int) -> None:
+        if payload.strip() == b"[DONE]":
+            self.done = True
+            return
+        try:
+            event = json.loads(payload)
+        except ValueError:
+            raise _StreamError("protocol", f"event is not JSON: {payload[:200]!r}") from None
+        if not isinstance(event, dict):
+            raise _StreamError("protocol", f"event is not a JSON object: {payload[:200]!r}")
+        if "error" in event:
+            raise _error_of_event(event["error"])
+        choices = event.get("choices")
+        if choices:
+            choice = choices[0]
+            text = choice.get("text")
+            if text is None:
+                delta = choice.get("delta") or {}
+                text = delta.get("content")
+                reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+                if reasoning:
+                    text = reasoning + (text or "")
+            if text:
+                self.content(text, t)
+            if choice.get("finish_reason"):
+                self.finished = True
+        usage = event.get("usage")
+        if usage:
+            completion = usage.get("completion_tokens")
+            if isinstance(completion, int):
+                self.server_output_tokens = completion
+            prompt_tokens = usage.get("prompt_tokens")
+            if isinstance(prompt_tokens, int):
+                self.record.prompt_tokens = prompt_tokens
+        timings = event.get("timings")
+        if isinstance(timings, dict):
+            self.record.server_timings = timings
+
+    def check_complete(self) -> None:
+        if not (self.done or self.finished or self.server_output_tokens is not None):
+            raise _StreamError("protocol", "the stream ended before [DONE], a finish_reason or usage")
+
+
+OLLAMA_TIMING_FIELDS = (
+    "total_duration",
+    "load_duration",
+    "prompt_eval_count",
+    "prompt_eval_duration",
+    "eval_count",
+    "eval_duration",
+    "done_reason",
+)
+
+
+class _NdjsonStream(_Stream):
+    """Ollama: one JSON object per line; the last has `done: true` and the counts."""
+
+    def line(self, line: bytes, t: int) -> None:
+        line = line.strip()
+        if not line:
+            return
+        try:
+            event = json.loads(line)
+        except ValueError:
+            raise _StreamError("protocol", f"line is not JSON: {line[:200]!r}") from None
+        if not isinstance(event, dict):
+            raise _StreamError("protocol", f"line is not a JSON object: {line[:200]!r}")
+        if "error" in event:
+            raise _error_of_event(event["error"])
+        message = event.get("message")
+        if isinstance(message, dict):
+            text = (message.get("thinking") or "") + (message.get("content") or "")
+        else:
+            text = (event.get("thinking") or "") + (event.get("response") or "")
+        if text:
+            self.content(text, t)
+        if event.get("done"):
+            self.finished = True
+            eval_count = event.get("eval_count")
+            if isinstance(eval_count, int):
+                self.server_output_tokens = eval_count
+            prompt_eval_count = event.get("prompt_eval_count")
+            if isinstance(prompt_eval_count, int):
+                self.record.prompt_tokens = prompt_eval_count
+            self.record.server_timings = {k: event[k] for k in OLLAMA_TIMING_FIELDS if k in event}
+
+    def check_complete(self) -> None:
+        if not self.finished:
+            raise _StreamError("protocol", "the stream ended before an object with done: true")
+
+
+def _fail(record: RequestRecord, error_class: str, message: str) -> None:
+    record.error_class = error_class
+    record.error_message = message[:ERROR_BODY_CHARS]
+    if not record.end_ns:
+        record.end_ns = now_ns()
+
+
+def _class_of_transport_error(error: httpx.HTTPError) -> str:
+    if isinstance(error, httpx.ConnectTimeout | httpx.ConnectError):
+        return "connect"
+    if isinstance(error, httpx.TimeoutException):
+        return "timeout"
+    if isinstance(error, httpx.ReadError | httpx.WriteError):
+        return "connection_reset"
+    if isinstance(error, httpx.RemoteProtocolError):
+        text = str(error).lower()
+        if "closed" in text or "disconnected" in text or "incomplete" in text:
+            return "connection_reset"
+        return "protocol"
+    return "other"
+
+
+async def _exchange(
+    client: httpx.AsyncClient,
+    url: str,
+    content: bytes,
+    headers: dict[str, str],
+    timeout_s: float,
+    stream: _Stream,
+) -> None:
+    record = stream.record
+    record.actual_send_ns = now_ns()
+    async with client.stream("POST", url, content=content, headers=headers, timeout=timeout_s) as response:
+        record.http_status = response.status_code
+        if response.status_code != 200:
+            body = await response.aread()
+            record.end_ns = now_ns()
+            text = body[:ERROR_BODY_CHARS].decode("utf-8", errors="replace")
+            raise _StreamError(_class_of_status(response.status_code), f"HTTP {response.status_code}: {text}")
+        feed = stream.feed
+        async for data in response.aiter_bytes():
+            feed(data, now_ns())
+        record.end_ns = now_ns()
+        stream.close(record.end_ns)
+    stream.check_complete()
+
+
+HEADERS = {
+    "openai": {"Content-Type": "application/json", "Accept": "text/event-stream", "Accept-Encoding": "identity"},
+    "ollama": {"Content-Type": "application/json", "Accept": "application/x-ndjson", "Accept-Encoding": "identity"},
+}
+
+
+async def send(
+    client: httpx.AsyncClient,
+    target: Target,
+    prompt: Prompt,
+    *,
+    api: Api,
+    output_tokens: int,
+    ignore_eos: bool,
+    timeout_s: float,
+    record: RequestRecord,
+    token_counter: TokenCounter | None = None,
+) -> RequestRecord:
+    """Stream one request and fill `record` (times in ns on the one clock); a failure is recorded, not raised.
+
+    Output tokens come from the server (usage / eval_count); without one, from `token_counter` if given,
+    else the number of content chunks (`token_source` says which). Cancellation is recorded as
+    'cancelled' and then re-raised, as asyncio requires.
+    """
+    path = PATHS[(target.api_flavour, api)]
+    body = request_body(target, prompt.text, api=api, output_tokens=output_tokens, ignore_eos=ignore_eos)
+    content = json.dumps(body, ensure_ascii=False).encode("utf-8")
+    record.prompt_chars = len(prompt.text)
+    keep_text = token_counter is not None
+    stream: _Stream = _SseStream(record, keep_text) if target.api_flavour == "openai" else _NdjsonStream(record, keep_text)
+    try:
+        await asyncio.wait_for(
+            _exchange(client, target.base_url + path, content, HEADERS[target.api_flavour], timeout_s, stream),
+            timeout_s,
+        )
+    except _StreamError as error:
+        _fail(record, error.error_class, str(error))
+    except _TIMEOUTS:
+        _fail(record, "timeout", f"no complete response within {timeout_s:g} s")
+    except httpx.HTTPError as error:
+        _fail(record, _class_of_transport_error(error), f"{type(error).__name__}: {error}")
+    except asyncio.CancelledError:
+        _fail(record, "cancelled", "the request was cancelled before it completed")
+        raise
+    except Exception as error:  # a request must never raise; the record keeps what happened
+        _fail(record, "other", f"{type(error).__name__}: {error}")
+    if record.ok and record.chunk_count == 0:
+        _fail(record, "empty", "the response carried no output text")
+    await _settle_tokens(record, stream, token_counter)
+    return record
+
+
+async def _settle_tokens(record: RequestRecord, stream: _Stream, token_counter: TokenCounter | None) -> None:
+    if token_counter is not None and stream.pieces is not None and record.chunk_count:
+        try:
+            record.tokenizer_output_tokens = await token_counter.count_async("".join(stream.pieces))
+        except Exception:  # a tokenizer failure leaves the count unknown; the request did not fail
+            record.tokenizer_output_tokens = None
+    if stream.server_output_tokens is not None:
+        record.output_tokens = stream.server_output_tokens
+        record.token_source = "server"
+    elif record.tokenizer_output_tokens is not None:
+        record.output_tokens = record.tokenizer_output_tokens
+        record.token_source = "tokenizer"
+    elif record.chunk_count:
+        record.output_tokens = record.chunk_count
+        record.token_source = "chunks"

@@ -1,0 +1,178 @@
+"""Reading one GPU through NVML: the device's memory, utilization, power, energy, clocks and temperature, and the
+memory and SM utilization of every compute process on it.
+
+NVML is reached through `pynvml` (nvidia-ml-py). A field that this GPU or driver does not support reads as None
+from then on, without asking again; any other NVML error is raised to the sampler, which counts it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any, TypeVar
+
+import pynvml
+
+from servelab.records import MemorySample
+
+log = logging.getLogger(__name__)
+
+MIB = 1024 * 1024
+SOURCE = "nvml"
+T = TypeVar("T")
+
+_UNSUPPORTED = (
+    pynvml.NVML_ERROR_NOT_SUPPORTED,
+    pynvml.NVML_ERROR_FUNCTION_NOT_FOUND,
+    pynvml.NVML_ERROR_NO_PERMISSION,
+)
+
+
+def nvml_available(library: ModuleType | Any = pynvml) -> bool:
+    """True when NVML loads and sees at least one GPU; never raises."""
+    try:
+        library.nvmlInit()
+    except Exception:  # a missing library, driver or device all mean "no NVML"
+        return False
+    try:
+        return int(library.nvmlDeviceGetCount()) > 0
+    except Exception:
+        return False
+    finally:
+        try:
+            library.nvmlShutdown()
+        except Exception:
+            pass
+
+
+@dataclass(frozen=True)
+class FreeMemory:
+    """What one GPU holds and has free right now, MiB."""
+
+    device_index: int
+    total_mib: float
+    used_mib: float
+    free_mib: float
+
+
+def free_device_mib(device_index: int = 0, library: ModuleType | Any = pynvml) -> FreeMemory | None:
+    """The device's total, used and free memory in MiB, or None when there is no NVML or no such GPU."""
+    try:
+        library.nvmlInit()
+    except Exception:
+        return None
+    try:
+        handle = library.nvmlDeviceGetHandleByIndex(device_index)
+        memory = library.nvmlDeviceGetMemoryInfo(handle)
+        return FreeMemory(device_index, memory.total / MIB, memory.used / MIB, memory.free / MIB)
+    except Exception:
+        return None
+    finally:
+        try:
+            library.nvmlShutdown()
+        except Exception:
+            pass
+
+
+class NvmlReader:
+    """One GPU's readings as MemorySamples. Opens NVML on creation (raises pynvml.NVMLError if it cannot)."""
+
+    source = SOURCE
+
+    def __init__(self, device_index: int = 0, library: ModuleType | Any = pynvml) -> None:
+        self.device_index = device_index
+        self._nvml = library
+        self._nvml.nvmlInit()
+        try:
+            self._handle = self._nvml.nvmlDeviceGetHandleByIndex(device_index)
+        except Exception:
+            self._nvml.nvmlShutdown()
+            raise
+        self.unsupported: set[str] = set()
+        self._utilization_seen_us = 0
+        self._process_utilization_works = False
+
+    def _optional(self, name: str, read: Callable[[], T]) -> T | None:
+        if name in self.unsupported:
+            return None
+        try:
+            return read()
+        except pynvml.NVMLError as error:
+            if error.value in _UNSUPPORTED:
+                log.info("NVML field %s is not supported on device %d: %s", name, self.device_index, error)
+                self.unsupported.add(name)
+                return None
+            raise
+
+    def device(self, t_ns: int) -> MemorySample:
+        """The device as a whole at `t_ns`; memory is required, every other field may be None."""
+        nvml, handle = self._nvml, self._handle
+        memory = nvml.nvmlDeviceGetMemoryInfo(handle)
+        power_mw = self._optional("power", lambda: nvml.nvmlDeviceGetPowerUsage(handle))
+        energy_mj = self._optional("energy", lambda: nvml.nvmlDeviceGetTotalEnergyConsumption(handle))
+        return MemorySample(
+            t_ns=t_ns,
+            source=SOURCE,
+            scope="device",
+            device_index=self.device_index,
+            used_mib=memory.used / MIB,
+            total_mib=memory.total / MIB,
+            utilization_pct=self._optional("utilization", lambda: float(nvml.nvmlDeviceGetUtilizationRates(handle).gpu)),
+            power_w=None if power_mw is None else power_mw / 1000.0,
+            energy_mj=None if energy_mj is None else float(energy_mj),
+            sm_clock_mhz=self._optional("sm_clock", lambda: float(nvml.nvmlDeviceGetClockInfo(handle, nvml.NVML_CLOCK_SM))),
+            mem_clock_mhz=self._optional("mem_clock", lambda: float(nvml.nvmlDeviceGetClockInfo(handle, nvml.NVML_CLOCK_MEM))),
+            temperature_c=self._optional(
+                "temperature", lambda: float(nvml.nvmlDeviceGetTemperature(handle, nvml.NVML_TEMPERATURE_GPU))
+            ),
+        )
+
+    def processes(self, t_ns: int, known_pids: Collection[int] = ()) -> list[MemorySample]:
+        """Every compute process on the device with its memory and, where NVML gives it, its SM utilization.
+
+        `known_pids` is not needed here (NVML lists all processes) and is accepted for the host reader's sake.
+        """
+        running = self._nvml.nvmlDeviceGetComputeRunningProcesses(self._handle)
+        utilization = self._process_utilization()
+        default = 0.0 if self._process_utilization_works else None
+        return [
+            MemorySample(
+                t_ns=t_ns,
+                source=SOURCE,
+                scope="process",
+                device_index=self.device_index,
+                pid=int(process.pid),
+                used_mib=None if process.usedGpuMemory is None else process.usedGpuMemory / MIB,
+                utilization_pct=utilization.get(int(process.pid), default),
+            )
+            for process in running
+        ]
+
+    def _process_utilization(self) -> dict[int, float]:
+        """Mean SM utilization per pid over the samples NVML took since the last call; {} when unknown."""
+        if "process_utilization" in self.unsupported:
+            return {}
+        try:
+            samples = self._nvml.nvmlDeviceGetProcessUtilization(self._handle, self._utilization_seen_us)
+        except pynvml.NVMLError as error:
+            if error.value == pynvml.NVML_ERROR_NOT_FOUND:
+                self._process_utilization_works = True  # no process was busy since the last call
+                return {}
+            if error.value in _UNSUPPORTED:
+                self.unsupported.add("process_utilization")
+                return {}
+            raise
+        self._process_utilization_works = True
+        totals: dict[int, list[float]] = {}
+        for sample in samples:
+            totals.setdefault(int(sample.pid), []).append(float(sample.smUtil))
+            self._utilization_seen_us = max(self._utilization_seen_us, int(sample.timeStamp))
+        return {pid: sum(values) / len(values) for pid, values in totals.items()}
+
+    def close(self) -> None:
+        try:
+            self._nvml.nvmlShutdown()
+        except Exception:  # closing never fails the caller
+            pass
