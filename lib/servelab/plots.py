@@ -96,7 +96,7 @@ def languages(requests: pd.DataFrame) -> Figure:
 
 def memory_timeline(samples: pd.DataFrame, points: pd.DataFrame | None = None) -> Figure:
     """Memory of each deployment's processes stacked over time, with load points shaded."""
-    rows = samples[samples["scope"] == "process"].copy()
+    rows = samples[(samples["scope"] == "process") & samples["used_mib"].notna()].copy()
     if rows.empty:
         return _empty("no per-process memory samples")
     source = rows["source"].iloc[0]
@@ -108,7 +108,8 @@ def memory_timeline(samples: pd.DataFrame, points: pd.DataFrame | None = None) -
     axis.stackplot(wide.index, wide.T.values, labels=wide.columns, alpha=0.85)
     device = samples[samples["scope"] == "device"]
     if not device.empty:
-        axis.plot((device["t_ns"] - start) / 1e9, device["used_mib"], color="black", lw=1, label="device used")
+        total_label = "device used (all processes)" if source == "nvml" else "host memory used (all processes)"
+        axis.plot((device["t_ns"] - start) / 1e9, device["used_mib"], color="black", lw=1, label=total_label)
     if points is not None and not points.empty:
         for _, point in points.iterrows():
             if pd.notna(point.get("end_ns")):

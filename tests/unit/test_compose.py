@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-
 from servelab.compose import (
     check_image_pinned,
     compose_document,
@@ -76,7 +76,7 @@ def test_each_profile_starts_smallest_first_and_waits_for_health(seed_document: 
     for framework in ("vllm", "sglang", "ollama"):
         chain = [f"{framework}-tinyllama", f"{framework}-qwen", f"{framework}-yi"]
         assert "depends_on" not in services[chain[0]]
-        for before, after in zip(chain, chain[1:]):
+        for before, after in pairwise(chain):
             assert services[after]["depends_on"] == {before: {"condition": "service_healthy"}}
 
 

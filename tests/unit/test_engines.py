@@ -9,7 +9,6 @@ from typing import Any
 
 import httpx
 import pytest
-
 from servelab.engines import ENGINES, adapter_for
 from servelab.engines.ollama import OllamaAdapter, keep_alive_value
 from servelab.errors import EngineError, ParamsError

@@ -10,12 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tokenizers import Tokenizer
-
 from servelab import models
 from servelab.errors import ParamsError
 from servelab.models import SHAPES, is_shape_only, model_size_billion, prepare_shape, resolve_shape
 from servelab.params import Deployment
+from tokenizers import Tokenizer
 
 TEXTS = {
     "en": "The quick brown fox jumps over the lazy dog; throughput is 4,420 tokens/s at concurrency 16.",

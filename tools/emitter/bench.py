@@ -130,6 +130,7 @@ async def measure(
         "client_cpu": cpu_client / elapsed,
         "lateness_us": stats["lateness_us"],
         "write_pauses": stats["write_pauses"],
+        "tokens_per_write": stats["tokens"] / stats["writes"] if stats["writes"] else None,
     }
 
 
@@ -184,9 +185,10 @@ def main() -> int:
             f"itl {args.itl_ms} ms, ttft {args.ttft_ms} ms, {args.max_tokens} tokens/request, workers {args.workers}"
         )
         print(
-            "| streams | target chunks/s | achieved chunks/s | emitter lateness p50 / p99 / max (ms) | emitter CPU | client CPU |"
+            "| streams | target chunks/s | achieved chunks/s | emitter lateness p50 / p99 / max (ms) "
+            "| tokens/write | emitter CPU | client CPU |"
         )
-        print("|---:|---:|---:|---|---:|---:|")
+        print("|---:|---:|---:|---|---:|---:|---:|")
     try:
         for streams in args.streams:
             point = run(
@@ -208,7 +210,7 @@ def main() -> int:
                 f"| {streams} | {streams * target_per_stream:,.0f} "
                 f"| {point['chunks_per_s']:,.0f} "
                 f"| {late['p50'] / 1000:.2f} / {late['p99'] / 1000:.2f} / {late['max'] / 1000:.2f} "
-                f"| {emitter_cpu} | {point['client_cpu']:.0%} |",
+                f"| {point['tokens_per_write']:.2f} | {emitter_cpu} | {point['client_cpu']:.0%} |",
                 flush=True,
             )
     finally:

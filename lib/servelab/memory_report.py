@@ -1,0 +1,133 @@
+"""The tables and sentences of the memory notebook, composed from `servelab.gpu` analysis and the planner."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from servelab.gpu import (
+    DEVICE,
+    attribution_gap,
+    baseline_used_mib,
+    energy_per_deployment,
+    idle_footprint,
+    memory_under_load,
+    peaks,
+)
+from servelab.params import Params, VllmEngine
+from servelab.planner import predict, seed_formula_mib
+
+
+def _source(samples: pd.DataFrame) -> str:
+    return str(samples["source"].iloc[0]) if not samples.empty else "none"
+
+
+def source_sentence(samples: pd.DataFrame) -> str:
+    source = _source(samples)
+    if source == "nvml":
+        return "Memory source: NVML (GPU memory of the device and of each process)."
+    if source == "host_rss":
+        return (
+            "Memory source: HOST RSS of each engine's processes. This machine has no GPU (no NVML), so every "
+            "figure below is host memory, not GPU memory."
+        )
+    return "No memory samples in this run."
+
+
+def phases(samples: pd.DataFrame, points: pd.DataFrame) -> pd.DataFrame:
+    """Per deployment: idle footprint once loaded, mean and peak under its own load points, overall peak (MiB)."""
+    if samples.empty:
+        return pd.DataFrame({"note": ["no samples"]})
+    idle = idle_footprint(samples, points).set_index("deployment")[["idle_mib"]]
+    top = peaks(samples).set_index("deployment")[["peak_mib"]]
+    table = idle.join(top, how="outer")
+    if not points.empty:
+        under = memory_under_load(samples, points)
+        if not under.empty:
+            owner = points.set_index("point_id")["deployment"]
+            own = under[under["deployment"] == under["point_id"].map(owner)]
+            table = table.join(own.groupby("deployment")["mean_mib"].mean().rename("under_load_mean_mib"), how="outer")
+    table = table.drop(index=[DEVICE], errors="ignore").round(1)
+    table.columns = [f"{column} ({_unit(samples)})" for column in table.columns]
+    return table
+
+
+def _unit(samples: pd.DataFrame) -> str:
+    return "GPU" if _source(samples) == "nvml" else "host RSS"
+
+
+def _measured_mib(samples: pd.DataFrame) -> pd.Series:
+    idle = idle_footprint(samples)
+    return idle.set_index("deployment")["idle_mib"] if not idle.empty else pd.Series(dtype=float)
+
+
+def _total_mib(samples: pd.DataFrame) -> float | None:
+    device = samples[samples["scope"] == "device"]["total_mib"].dropna()
+    return float(device.iloc[0]) if not device.empty else None
+
+
+def planner_comparison(params: Params, samples: pd.DataFrame) -> pd.DataFrame:
+    """Per deployment: the planner's prediction, the measured idle footprint, the error, and the seed's formula."""
+    measured = _measured_mib(samples)
+    total = _total_mib(samples)
+    baseline = baseline_used_mib(samples) if total is not None else float("nan")
+    rows = []
+    used_before = baseline
+    for deployment in params.deployments:
+        footprint = predict(deployment, total if total is not None else 0.0)
+        if total is None and footprint.memory == "gpu":
+            continue
+        got = measured.get(deployment.name)
+        row = {
+            "deployment": deployment.name,
+            "memory": footprint.memory,
+            "formula": footprint.formula,
+            "predicted_mib": round(footprint.predicted_mib, 1),
+            "measured_mib": None if got is None else round(float(got), 1),
+            "error_pct": None if not got else round(100 * (footprint.predicted_mib - got) / got, 2),
+        }
+        if isinstance(deployment.engine, VllmEngine) and total is not None and footprint.weights_mib is not None:
+            available = total - used_before
+            seed = seed_formula_mib(footprint.weights_mib, available, deployment.engine.gpu_memory_utilization, footprint.overhead_mib)
+            row["seed_formula_mib"] = round(seed, 1)
+            row["seed_error_pct"] = None if not got else round(100 * (seed - got) / got, 2)
+            used_before += got or footprint.predicted_mib
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def planner_sentence(comparison: pd.DataFrame) -> str:
+    if comparison.empty or comparison["error_pct"].isna().all():
+        return "No deployment could be compared with the planner (no matching measurement)."
+    worst = comparison["error_pct"].abs().max()
+    text = f"The planner's largest error is {worst:.1f} % of the measured footprint."
+    if "seed_error_pct" in comparison and comparison["seed_error_pct"].notna().any():
+        seed_worst = comparison["seed_error_pct"].abs().max()
+        verdict = "does not hold" if seed_worst > 3 else "holds"
+        text += f" The seed's formula (weights + available x utilization + overhead) is off by up to {seed_worst:.1f} %: it {verdict} here."
+    return text
+
+
+def attribution_check(samples: pd.DataFrame) -> pd.DataFrame:
+    """Attributed process memory against device used minus the baseline, summarised over the listings."""
+    if _source(samples) != "nvml":
+        return pd.DataFrame({"note": ["needs NVML: without a GPU there is no device total to check against"]})
+    gap = attribution_gap(samples).dropna(subset=["gap_pct"])
+    loaded = gap[gap["attributed_mib"] > 0]
+    if loaded.empty:
+        return pd.DataFrame({"note": ["no listing with attributed memory"]})
+    return pd.DataFrame(
+        {
+            "baseline_mib": [round(float(loaded["baseline_mib"].iloc[0]), 1)],
+            "listings": [len(loaded)],
+            "median_gap_pct": [round(float(loaded["gap_pct"].median()), 3)],
+            "max_abs_gap_pct": [round(float(loaded["gap_pct"].abs().max()), 3)],
+            "last_attributed_mib": [round(float(loaded["attributed_mib"].iloc[-1]), 1)],
+            "last_device_minus_baseline_mib": [round(float(loaded["device_used_mib"].iloc[-1] - loaded["baseline_mib"].iloc[-1]), 1)],
+        }
+    )
+
+
+def energy(samples: pd.DataFrame) -> pd.DataFrame:
+    if _source(samples) != "nvml":
+        return pd.DataFrame({"note": ["needs NVML's energy counter: not available without a GPU"]})
+    return energy_per_deployment(samples)
