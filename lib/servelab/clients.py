@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -359,6 +360,39 @@ async def _exchange(
     stream.check_complete()
 
 
+MAX_RETRIES = 2
+
+
+async def _within(coroutine: Coroutine[Any, Any, None], timeout_s: float) -> None:
+    """Run `coroutine` under one overall deadline (httpx's own timeouts are per read, not per request)."""
+    if hasattr(asyncio, "timeout"):  # Python 3.11+: no extra task per request
+        async with asyncio.timeout(timeout_s):
+            await coroutine
+    else:
+        await asyncio.wait_for(coroutine, timeout_s)
+
+
+async def _attempts(
+    client: httpx.AsyncClient, url: str, content: bytes, headers: dict[str, str], timeout_s: float, stream: _Stream
+) -> None:
+    """Send, and send again while the connection closed before any response byte.
+
+    Servers may close a keep-alive connection after a streamed response without `Connection: close`
+    (llama-server does, after every stream); a request written in the moment before their FIN arrives
+    meets a closed socket. No byte came back, so the server never answered it: it is sent again on a fresh
+    connection, `actual_send_ns` restamped, and the record's `retries` counts it.
+    """
+    record = stream.record
+    while True:
+        try:
+            await _exchange(client, url, content, headers, timeout_s, stream)
+            return
+        except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError):
+            if record.http_status is not None or record.retries >= MAX_RETRIES:
+                raise
+            record.retries += 1
+
+
 HEADERS = {
     "openai": {"Content-Type": "application/json", "Accept": "text/event-stream", "Accept-Encoding": "identity"},
     "ollama": {"Content-Type": "application/json", "Accept": "application/x-ndjson", "Accept-Encoding": "identity"},
@@ -390,9 +424,8 @@ async def send(
     keep_text = token_counter is not None
     stream: _Stream = _SseStream(record, keep_text) if target.api_flavour == "openai" else _NdjsonStream(record, keep_text)
     try:
-        await asyncio.wait_for(
-            _exchange(client, target.base_url + path, content, HEADERS[target.api_flavour], timeout_s, stream),
-            timeout_s,
+        await _within(
+            _attempts(client, target.base_url + path, content, HEADERS[target.api_flavour], timeout_s, stream), timeout_s
         )
     except _StreamError as error:
         _fail(record, error.error_class, str(error))

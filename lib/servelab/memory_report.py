@@ -14,7 +14,7 @@ from servelab.gpu import (
     peaks,
 )
 from servelab.params import Params, VllmEngine
-from servelab.planner import predict, seed_formula_mib
+from servelab.planner import plan, seed_formula_mib
 
 
 def _source(samples: pd.DataFrame) -> str:
@@ -66,15 +66,17 @@ def _total_mib(samples: pd.DataFrame) -> float | None:
 
 
 def planner_comparison(params: Params, samples: pd.DataFrame) -> pd.DataFrame:
-    """Per deployment: the planner's prediction, the measured idle footprint, the error, and the seed's formula."""
+    """Per deployment, in start order: the planner's prediction, the measured idle footprint, the error, and the
+    seed's formula (weights + available x utilization + overhead) for vLLM deployments."""
     measured = _measured_mib(samples)
     total = _total_mib(samples)
-    baseline = baseline_used_mib(samples) if total is not None else float("nan")
+    on_gpu = _source(samples) == "nvml" and total is not None
+    # Without a GPU the host's memory stands in for the size: only host-side (llama.cpp) predictions are compared.
+    prediction = plan(params, total_mib=total if on_gpu else 1.0, reserve_mib=0.0)
+    available = total - baseline_used_mib(samples) if on_gpu else None
     rows = []
-    used_before = baseline
-    for deployment in params.deployments:
-        footprint = predict(deployment, total if total is not None else 0.0)
-        if total is None and footprint.memory == "gpu":
+    for footprint, deployment in zip(prediction.footprints, _in_start_order(params), strict=True):
+        if (footprint.memory == "gpu") != on_gpu:
             continue
         got = measured.get(deployment.name)
         row = {
@@ -85,14 +87,19 @@ def planner_comparison(params: Params, samples: pd.DataFrame) -> pd.DataFrame:
             "measured_mib": None if got is None else round(float(got), 1),
             "error_pct": None if not got else round(100 * (footprint.predicted_mib - got) / got, 2),
         }
-        if isinstance(deployment.engine, VllmEngine) and total is not None and footprint.weights_mib is not None:
-            available = total - used_before
+        if isinstance(deployment.engine, VllmEngine) and available is not None and footprint.weights_mib is not None:
             seed = seed_formula_mib(footprint.weights_mib, available, deployment.engine.gpu_memory_utilization, footprint.overhead_mib)
             row["seed_formula_mib"] = round(seed, 1)
             row["seed_error_pct"] = None if not got else round(100 * (seed - got) / got, 2)
-            used_before += got or footprint.predicted_mib
+            available -= got or footprint.predicted_mib
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _in_start_order(params: Params) -> list:
+    from servelab.deploy import start_order
+
+    return start_order(params.deployments)
 
 
 def planner_sentence(comparison: pd.DataFrame) -> str:

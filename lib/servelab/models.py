@@ -3,8 +3,8 @@
 A GPU host without model weights can still measure memory, throughput and latency of a real architecture:
 vLLM and SGLang load random weights of the right shapes (`--load-format dummy`). The folder holds the
 published architecture numbers and a byte-level BPE tokenizer trained on `templates/shape_corpus.txt`, its
-vocabulary padded to the config's `vocab_size` so that every id the model can emit decodes to text. Results
-from such a folder measure the shape, not the model's answers: `is_shape_only` flags them.
+vocabulary padded with added tokens to the config's `vocab_size`, so every id the model can emit decodes to
+text. Results from such a folder measure the shape, not the model's answers: `is_shape_only` flags them.
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import tokenizers
-from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers, trainers
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers, trainers
 
 from servelab.errors import ParamsError
 from servelab.params import Deployment
 
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 """Bump when the folder's contents change for the same shape; cached folders are then rebuilt."""
 
 SHAPE_FRAMEWORKS = ("vllm", "sglang")
@@ -293,22 +293,17 @@ def _trained_tokenizer(corpus: str, vocab_limit: int) -> str:
 def build_tokenizer(vocab_size: int) -> Tokenizer:
     """The shape tokenizer with exactly `vocab_size` ids.
 
-    The trained vocabulary is padded with plain entries `<padN>` that no merge produces: encoding never
-    yields them, yet every id the random-weight model samples decodes to visible text. (Padding with
-    special added tokens would work too, but makes tokenizer.json ten times larger and streams empty text.)
+    The trained vocabulary is padded with added tokens `<padN>` so that every id the random-weight model
+    samples exists. They are added (not in the BPE vocabulary), so code that draws prompt ids from the
+    ordinary vocabulary skips them, and not special, so they decode to visible text and every streamed
+    token carries some.
     """
-    trained = json.loads(_trained_tokenizer(_template_text("shape_corpus.txt"), min(vocab_size, TRAINED_VOCAB_LIMIT)))
-    vocab: dict[str, int] = trained["model"]["vocab"]
-    taken = set(vocab)
-    next_id = max(vocab.values()) + 1
-    serial = next_id
-    while next_id < vocab_size:
-        token = f"<pad{serial}>"
-        serial += 1
-        if token not in taken:
-            vocab[token] = next_id
-            next_id += 1
-    return Tokenizer.from_str(json.dumps(trained, ensure_ascii=False))
+    tokenizer = Tokenizer.from_str(_trained_tokenizer(_template_text("shape_corpus.txt"), min(vocab_size, TRAINED_VOCAB_LIMIT)))
+    trained = tokenizer.get_vocab_size()
+    if trained > vocab_size:
+        raise ParamsError(f"vocab_size {vocab_size} is smaller than the {trained} tokens the shape tokenizer needs")
+    tokenizer.add_tokens([AddedToken(f"<pad{i}>", special=False, normalized=False) for i in range(trained, vocab_size)])
+    return tokenizer
 
 
 def shape_files(shape: Shape) -> dict[str, str]:

@@ -96,7 +96,7 @@ def languages(requests: pd.DataFrame) -> Figure:
 
 def memory_timeline(samples: pd.DataFrame, points: pd.DataFrame | None = None) -> Figure:
     """Memory of each deployment's processes stacked over time, with load points shaded."""
-    rows = samples[(samples["scope"] == "process") & samples["used_mib"].notna()].copy()
+    rows = samples[(samples["scope"] == "process") & samples["pid"].notna() & samples["used_mib"].notna()].copy()
     if rows.empty:
         return _empty("no per-process memory samples")
     source = rows["source"].iloc[0]

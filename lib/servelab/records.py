@@ -62,6 +62,8 @@ class RequestRecord:
     prompt_chars: int = 0
     output_chars: int = 0
     server_timings: dict[str, Any] | None = None
+    retries: int = 0
+    """Times the request was sent again because its connection closed before any response byte (a keep-alive race)."""
     schema_version: int = SCHEMA_VERSION
 
     @property

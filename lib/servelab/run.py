@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import logging
 import shutil
+import threading
 from dataclasses import dataclass
 from pathlib import Path
+
+from tqdm.auto import tqdm
 
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 
 from servelab.deploy import stop_on_signals
 from servelab.errors import ServelabError
 from servelab.params import Params
+from servelab.records import POINTS_FILE, latest_points
 from servelab.report import export_report, write_index
 from servelab.session import REPO, lab, open_run
 from servelab.sweep import estimate_seconds, plan_points
@@ -54,6 +58,37 @@ def describe_grid(params: Params) -> str:
     minutes = estimate_seconds(params) / 60
     lines.append(f"estimated sweep time: about {minutes:.1f} min, plus engine start-up")
     return "\n".join(lines)
+
+
+class PointProgress:
+    """A progress bar over the grid's points, fed by `points.jsonl` while the sweep runs in its own kernel."""
+
+    def __init__(self, params: Params, run_dir: Path, interval_s: float = 0.5) -> None:
+        self.run_dir = run_dir
+        self.interval_s = interval_s
+        total = sum(len(point.deployments) for point in plan_points(params))
+        self.bar = tqdm(total=total, desc="load points", unit="point", initial=self._finished())
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._follow, name="servelab-progress", daemon=True)
+
+    def _finished(self) -> int:
+        if not (self.run_dir / POINTS_FILE).exists():
+            return 0
+        return sum(point.status != "started" for point in latest_points(self.run_dir).values())
+
+    def _follow(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.bar.update(self._finished() - self.bar.n)
+
+    def __enter__(self) -> PointProgress:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.bar.update(self._finished() - self.bar.n)
+        self.bar.close()
 
 
 def execute_notebook(name: str, run_dir: Path, params_path: Path, outputs_dir: Path) -> Path:
@@ -100,8 +135,9 @@ def run(
     if not (run_dir / "params.yaml").exists():
         shutil.copy2(params_path, run_dir / "params.yaml")
     log.info("run folder: %s", run_dir)
-    with stop_on_signals(), lab(params, run_dir):
+    with stop_on_signals(), lab(params, run_dir), PointProgress(params, run_dir):
         for name in notebooks:
+            log.info("executing notebook %s", name)
             execute_notebook(name, run_dir, Path(params_path), outputs)
     report = export_report(run_dir)
     write_index(outputs)

@@ -121,6 +121,8 @@ def lab(params: Params, run_dir: Path, sample_memory: bool = True) -> Iterator[L
         fleet = stack.enter_context(deployment_module.deploy(params, run_dir, check, on_started))
         _record_engines(run_dir, fleet)
         yield Lab(params=params, run_dir=run_dir, fleet=fleet, sampler=sampler, owner=True)
+    if sampler is not None:
+        update_manifest(run_dir, memory_sampler=sampler.stats())
 
 
 def _free_memory_check(params: Params) -> deployment_module.FreeMemoryCheck | None:

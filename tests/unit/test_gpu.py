@@ -23,6 +23,7 @@ from servelab.gpu import (
     NO_PROCESS,
     UNATTRIBUTED,
     MemorySampler,
+    NvmlReader,
     PidMap,
     attribution_gap,
     baseline_used_mib,
@@ -246,6 +247,8 @@ class StandInNvml:
         self.init_error = init_error
         self.reads = 0
         self.energy_mj = 5_000_000
+        self.calls = {"energy": 0, "process_utilization": 0}
+        self.utilization_samples_left: int | None = None
 
     def nvmlInit(self) -> None:
         if self.init_error is not None:
@@ -276,6 +279,7 @@ class StandInNvml:
         return 150_500
 
     def nvmlDeviceGetTotalEnergyConsumption(self, handle: str) -> int:
+        self.calls["energy"] += 1
         self.energy_mj += 7_525
         return self.energy_mj
 
@@ -289,6 +293,11 @@ class StandInNvml:
         return [SimpleNamespace(pid=pid, usedGpuMemory=used) for pid, used in self.gpu_pids.items()]
 
     def nvmlDeviceGetProcessUtilization(self, handle: str, since_us: int) -> list[SimpleNamespace]:
+        self.calls["process_utilization"] += 1
+        if self.utilization_samples_left is not None:
+            if self.utilization_samples_left == 0:
+                raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_FOUND)  # NVML: no new sample since `since_us`
+            self.utilization_samples_left -= 1
         return [SimpleNamespace(pid=pid, timeStamp=since_us + 1, smUtil=40 + i) for i, pid in enumerate(self.gpu_pids)]
 
 
@@ -306,12 +315,31 @@ def test_nvml_sampler_converts_units_and_attributes_the_engine_child(tmp_path: P
     assert device["total_mib"] == 80 * 1024 and device["used_mib"] == 512 + 12_598 + 100
     assert (device["power_w"], device["utilization_pct"], device["sm_clock_mhz"], device["mem_clock_mhz"]) == (150.5, 37, 1980, 2619)
     assert pd.isna(device["temperature_c"])
-    assert samples.loc[samples["scope"] == "device", "energy_mj"].is_monotonic_increasing
+    assert samples.loc[samples["scope"] == "device", "energy_mj"].dropna().is_monotonic_increasing
     engine = samples[samples["pid"] == tree.grandchild]
     assert set(engine["deployment"]) == {"tinyllama"} and set(engine["used_mib"]) == {12_598}
     assert set(engine["utilization_pct"]) == {40}
     assert samples.loc[samples["pid"] == 1, "deployment"].isna().all()
     assert sampler.failures == 0
+
+
+def test_slow_nvml_calls_are_read_at_their_own_lower_rate(tmp_path: Path) -> None:
+    library = StandInNvml({7: GIB})
+    with MemorySampler(tmp_path, sample_hz=200, nvml_library=library, energy_every_s=3600, utilization_every_s=3600) as sampler:
+        wait_for(lambda: sampler.ticks >= 20, "20 ticks")
+    device = read_samples(tmp_path / GPU_FILE).query("scope == 'device'")
+    assert len(device) >= 20 and device["energy_mj"].notna().sum() == 1 and device["power_w"].notna().all()
+    assert library.calls == {"energy": 1, "process_utilization": 1}
+
+
+def test_a_process_keeps_its_last_utilization_for_the_hold_time_then_reads_zero() -> None:
+    library = StandInNvml({7: GIB})
+    library.utilization_samples_left = 1
+    reader = NvmlReader(0, library, energy_every_s=0.1, utilization_every_s=0.0, utilization_hold_s=1.0)
+    assert [r.utilization_pct for r in reader.processes(0)] == [40]
+    assert [r.utilization_pct for r in reader.processes(S // 2)] == [40]
+    assert [r.utilization_pct for r in reader.processes(3 * S // 2)] == [0.0]
+    assert [reader.device(t).energy_mj is not None for t in (0, S // 20, S // 10)] == [True, False, True]
 
 
 def test_nvml_lost_mid_run_is_counted_and_the_sampler_falls_back_to_host(tmp_path: Path) -> None:

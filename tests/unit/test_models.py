@@ -143,6 +143,16 @@ def test_any_id_the_random_model_samples_decodes_to_visible_text(qwen_folder: Pa
         assert tokenizer.decode([token_id]) != ""
 
 
+def test_padding_is_added_and_not_special_so_prompts_skip_it_and_outputs_show_it(qwen_folder: Path) -> None:
+    tokenizer = Tokenizer.from_file(str(qwen_folder / "tokenizer.json"))
+    trained = tokenizer.get_vocab_size(with_added_tokens=False)
+    assert 1000 < trained < 32000
+    added = tokenizer.get_added_tokens_decoder()
+    for token_id in range(trained, 151936):
+        assert added[token_id].content == f"<pad{token_id}>" and not added[token_id].special
+    assert tokenizer.decode([151935], skip_special_tokens=True) == "<pad151935>"
+
+
 def test_special_tokens_and_config_token_ids_agree(qwen_folder: Path) -> None:
     tokenizer = Tokenizer.from_file(str(qwen_folder / "tokenizer.json"))
     config = json.loads((qwen_folder / "config.json").read_text())

@@ -1183,9 +1183,8 @@ class Emitter:
             "# HELP emitter_lateness_seconds Actual write time minus scheduled time, per token.",
             "# TYPE emitter_lateness_seconds summary",
         ]
-        for quantile in ("p50", "p90", "p99", "p999"):
-            value = lateness[quantile]
-            q = "0." + quantile[1:]
+        for key, q in (("p50", "0.5"), ("p90", "0.9"), ("p99", "0.99"), ("p999", "0.999")):
+            value = lateness[key]
             lines.append(
                 f'emitter_lateness_seconds{{quantile="{q}"}} {value / 1e6 if value is not None else "NaN"}'
             )

@@ -3,6 +3,13 @@ memory and SM utilization of every compute process on it.
 
 NVML is reached through `pynvml` (nvidia-ml-py). A field that this GPU or driver does not support reads as None
 from then on, without asking again; any other NVML error is raised to the sampler, which counts it.
+
+Two calls are slow and change slowly, so they are read less often than the rest. Measured on an H100 80GB
+(driver 580.159.04): the total-energy counter takes 3.5 ms a call and moves every ~100 ms; per-process
+utilization takes 1.5 ms and NVML holds one sample per process every 200 ms. Memory, utilization, power,
+clocks and temperature take 2-10 us each, the process list 45 us. So the energy counter is read at most every
+`energy_every_s` (other device rows leave energy_mj empty), process utilization at most every
+`utilization_every_s`, and a process's last utilization is reported for `utilization_hold_s` after it arrived.
 """
 
 from __future__ import annotations
@@ -81,8 +88,18 @@ class NvmlReader:
 
     source = SOURCE
 
-    def __init__(self, device_index: int = 0, library: ModuleType | Any = pynvml) -> None:
+    def __init__(
+        self,
+        device_index: int = 0,
+        library: ModuleType | Any = pynvml,
+        energy_every_s: float = 0.1,
+        utilization_every_s: float = 0.2,
+        utilization_hold_s: float = 1.0,
+    ) -> None:
         self.device_index = device_index
+        self.energy_every_ns = int(energy_every_s * 1e9)
+        self.utilization_every_ns = int(utilization_every_s * 1e9)
+        self.utilization_hold_ns = int(utilization_hold_s * 1e9)
         self._nvml = library
         self._nvml.nvmlInit()
         try:
@@ -93,6 +110,10 @@ class NvmlReader:
         self.unsupported: set[str] = set()
         self._utilization_seen_us = 0
         self._process_utilization_works = False
+        self._utilization: dict[int, tuple[float, int]] = {}
+        """pid -> (mean SM % of its latest NVML samples, when they arrived in ns)."""
+        self._energy_read_ns: int | None = None
+        self._utilization_read_ns: int | None = None
 
     def _optional(self, name: str, read: Callable[[], T]) -> T | None:
         if name in self.unsupported:
@@ -111,7 +132,10 @@ class NvmlReader:
         nvml, handle = self._nvml, self._handle
         memory = nvml.nvmlDeviceGetMemoryInfo(handle)
         power_mw = self._optional("power", lambda: nvml.nvmlDeviceGetPowerUsage(handle))
-        energy_mj = self._optional("energy", lambda: nvml.nvmlDeviceGetTotalEnergyConsumption(handle))
+        energy_mj = None
+        if self._energy_read_ns is None or t_ns - self._energy_read_ns >= self.energy_every_ns:
+            self._energy_read_ns = t_ns
+            energy_mj = self._optional("energy", lambda: nvml.nvmlDeviceGetTotalEnergyConsumption(handle))
         return MemorySample(
             t_ns=t_ns,
             source=SOURCE,
@@ -135,8 +159,13 @@ class NvmlReader:
         `known_pids` is not needed here (NVML lists all processes) and is accepted for the host reader's sake.
         """
         running = self._nvml.nvmlDeviceGetComputeRunningProcesses(self._handle)
-        utilization = self._process_utilization()
+        if self._utilization_read_ns is None or t_ns - self._utilization_read_ns >= self.utilization_every_ns:
+            self._utilization_read_ns = t_ns
+            for pid, value in self._process_utilization().items():
+                self._utilization[pid] = (value, t_ns)
         default = 0.0 if self._process_utilization_works else None
+        utilization = {pid: value for pid, (value, at) in self._utilization.items() if t_ns - at <= self.utilization_hold_ns}
+        self._utilization = {pid: self._utilization[pid] for pid in utilization}
         return [
             MemorySample(
                 t_ns=t_ns,

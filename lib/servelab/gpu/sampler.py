@@ -5,7 +5,8 @@ Ticks fall on absolute times (start + k x period) of `servelab.clock.now_ns`, so
 that comes too late to keep is skipped and counted, never made up in a burst. Every tick reads the device;
 every `process_every`-th tick also lists the processes, attributes each pid to its deployment and, when no
 process is there, writes one process row with no pid (so an empty list is told apart from a tick without a
-listing). Rows are flushed about every `flush_every_s`.
+listing). Rows are flushed about every `flush_every_s`. With NVML, the slow energy counter and per-process
+utilization are read less often (`energy_every_s`, `utilization_every_s`; see servelab.gpu.nvml).
 
 Nothing the thread meets is raised into the caller: NVML errors and write errors are counted and kept on the
 sampler (`failures`, `last_failure`, `failure_messages`), and after `fallback_after_s` of NVML failing without
@@ -20,6 +21,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Literal, Protocol
+
+import pynvml
 
 from servelab.clock import now_ns
 from servelab.gpu.attribution import PidMap
@@ -72,6 +75,8 @@ class MemorySampler:
         flush_every_s: float = 0.5,
         refresh_every_s: float = 2.0,
         fallback_after_s: float = 5.0,
+        energy_every_s: float = 0.1,
+        utilization_every_s: float = 0.2,
         nvml_library: ModuleType | Any = None,
     ) -> None:
         if sample_hz <= 0:
@@ -85,8 +90,9 @@ class MemorySampler:
         self.refresh_every_ns = int(refresh_every_s * 1e9)
         self.fallback_after_ns = int(fallback_after_s * 1e9)
         self._library = nvml_library
+        self._nvml_intervals = {"energy_every_s": energy_every_s, "utilization_every_s": utilization_every_s}
         if mode == "auto":
-            mode = "nvml" if (nvml_available() if nvml_library is None else nvml_available(nvml_library)) else "host_rss"
+            mode = "nvml" if nvml_available(pynvml if nvml_library is None else nvml_library) else "host_rss"
         self.mode: Mode = mode
         self.fell_back = False
         self.paths: list[Path] = []
@@ -167,8 +173,8 @@ class MemorySampler:
     def _open(self, mode: Mode) -> None:
         if mode == "nvml":
             try:
-                library = self._library
-                self._reader = NvmlReader(self.device_index) if library is None else NvmlReader(self.device_index, library)
+                library = pynvml if self._library is None else self._library
+                self._reader = NvmlReader(self.device_index, library, **self._nvml_intervals)
             except Exception as error:
                 self._record_failure(f"NVML could not be opened: {error}")
                 mode = "host_rss"
