@@ -28,7 +28,7 @@ from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_
 from servelab.errors import ParamsError
 from servelab.params import Deployment
 
-RECIPE_VERSION = 2
+RECIPE_VERSION = 3
 """Bump when the folder's contents change for the same shape; cached folders are then rebuilt."""
 
 SHAPE_FRAMEWORKS = ("vllm", "sglang")
@@ -42,6 +42,9 @@ PRETOKENIZE_REGEX = (
 )
 """Qwen2's split: transformers 5 rebuilds a qwen2 tokenizer with it (and NFC), so every shape uses it too."""
 FINGERPRINT_FILE = ".servelab-shape.json"
+CONFIG_TRANSFORMERS_VERSION = "4.43.1"
+"""Written into config.json as published checkpoints do (legacy rope_theta format). Without it transformers
+5.0 to 5.22 take a local folder for a Mistral one and warn of an "incorrect regex pattern"."""
 REQUIRED_CONFIG_KEYS = (
     "architectures",
     "model_type",
@@ -311,7 +314,7 @@ def shape_files(shape: Shape) -> dict[str, str]:
     tokenizer = build_tokenizer(shape.vocab_size)
     bos_id, eos_id = tokenizer.token_to_id(BOS_TOKEN), tokenizer.token_to_id(CHAT_END_TOKEN)
     config = dict(shape.config) | {"bos_token_id": bos_id, "eos_token_id": eos_id, "pad_token_id": bos_id}
-    config.pop("transformers_version", None)
+    config.setdefault("transformers_version", CONFIG_TRANSFORMERS_VERSION)
     tokenizer_config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "bos_token": BOS_TOKEN,

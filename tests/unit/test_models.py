@@ -120,6 +120,7 @@ def test_folder_has_config_tokenizer_and_no_weights(qwen_folder: Path) -> None:
     config = json.loads((qwen_folder / "config.json").read_text())
     for key, value in SEED_CONFIGS["qwen2.5-3b"].items():
         assert config[key] == value
+    assert config["transformers_version"] == models.CONFIG_TRANSFORMERS_VERSION
 
 
 def test_tokenizer_loads_with_tokenizers_and_has_exactly_vocab_size_ids(qwen_folder: Path) -> None:
@@ -202,7 +203,7 @@ def test_custom_shape_from_a_config_json(tmp_path: Path) -> None:
     folder = prepare_shape(deployment, tmp_path / "shapes")
     assert folder.name.startswith("tiny-yi-")
     written = json.loads((folder / "config.json").read_text())
-    assert written["num_hidden_layers"] == 4 and "transformers_version" not in written
+    assert written["num_hidden_layers"] == 4 and written["transformers_version"] == "4.0"
     assert Tokenizer.from_file(str(folder / "tokenizer.json")).get_vocab_size() == 8000
 
 
