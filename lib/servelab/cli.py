@@ -66,6 +66,17 @@ def _plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _schema(args: argparse.Namespace) -> int:
+    from servelab import schema_doc
+
+    if args.write:
+        schema_doc.write(Path(args.write))
+        print(f"updated {args.write}")
+    else:
+        print(schema_doc.reference())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="servelab", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -96,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--cores", type=int, default=1)
     calibrate.add_argument("--quick", action="store_true")
     calibrate.set_defaults(handler=_calibrate)
+
+    schema = commands.add_parser("schema", help="print the params reference generated from the schema")
+    schema.add_argument("--write", metavar="README", help="rewrite the generated part of this file (params/README.md)")
+    schema.set_defaults(handler=_schema)
 
     plan = commands.add_parser("plan", help="predict each deployment's GPU memory and whether they fit")
     plan.add_argument("params")

@@ -99,7 +99,9 @@ def make_client(max_connections: int, *, timeout_s: float = 120.0) -> httpx.Asyn
     return httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(timeout_s), trust_env=False)
 
 
-def request_body(target: Target, prompt_text: str, *, api: Api, output_tokens: int, ignore_eos: bool) -> dict[str, Any]:
+def request_body(
+    target: Target, prompt_text: str, *, api: Api, output_tokens: int, ignore_eos: bool
+) -> dict[str, Any]:
     """The JSON body of one streaming request; greedy decoding so runs repeat."""
     if target.api_flavour == "ollama":
         body: dict[str, Any] = {
@@ -214,7 +216,9 @@ class _SseStream(_Stream):
             if line[:5] == b"data:":
                 pending.append(line[5:])
             elif (not line or line == b"\r") and pending:
-                payload = pending[0] if len(pending) == 1 else b"\n".join(p.removesuffix(b"\r") for p in pending)
+                payload = (
+                    pending[0] if len(pending) == 1 else b"\n".join(p.removesuffix(b"\r") for p in pending)
+                )
                 pending.clear()
                 self.event(payload, t)
             # Comments (':'), 'event:', 'id:' and 'retry:' carry nothing we measure.
@@ -373,7 +377,12 @@ async def _within(coroutine: Coroutine[Any, Any, None], timeout_s: float) -> Non
 
 
 async def _attempts(
-    client: httpx.AsyncClient, url: str, content: bytes, headers: dict[str, str], timeout_s: float, stream: _Stream
+    client: httpx.AsyncClient,
+    url: str,
+    content: bytes,
+    headers: dict[str, str],
+    timeout_s: float,
+    stream: _Stream,
 ) -> None:
     """Send, and send again while the connection closed before any response byte.
 
@@ -394,8 +403,16 @@ async def _attempts(
 
 
 HEADERS = {
-    "openai": {"Content-Type": "application/json", "Accept": "text/event-stream", "Accept-Encoding": "identity"},
-    "ollama": {"Content-Type": "application/json", "Accept": "application/x-ndjson", "Accept-Encoding": "identity"},
+    "openai": {
+        "Content-Type": "application/json",
+        "Accept": "text/event-stream",
+        "Accept-Encoding": "identity",
+    },
+    "ollama": {
+        "Content-Type": "application/json",
+        "Accept": "application/x-ndjson",
+        "Accept-Encoding": "identity",
+    },
 }
 
 
@@ -422,10 +439,15 @@ async def send(
     content = json.dumps(body, ensure_ascii=False).encode("utf-8")
     record.prompt_chars = len(prompt.text)
     keep_text = token_counter is not None
-    stream: _Stream = _SseStream(record, keep_text) if target.api_flavour == "openai" else _NdjsonStream(record, keep_text)
+    stream: _Stream = (
+        _SseStream(record, keep_text) if target.api_flavour == "openai" else _NdjsonStream(record, keep_text)
+    )
     try:
         await _within(
-            _attempts(client, target.base_url + path, content, HEADERS[target.api_flavour], timeout_s, stream), timeout_s
+            _attempts(
+                client, target.base_url + path, content, HEADERS[target.api_flavour], timeout_s, stream
+            ),
+            timeout_s,
         )
     except _StreamError as error:
         _fail(record, error.error_class, str(error))

@@ -249,7 +249,9 @@ async def _gather_or_cancel(tasks: list[asyncio.Future]) -> None:
         raise
 
 
-async def _closed_loop(point: _Point, concurrency: int, ramp_up_s: float, anchor: int, limit: int | None, deadline: float) -> None:
+async def _closed_loop(
+    point: _Point, concurrency: int, ramp_up_s: float, anchor: int, limit: int | None, deadline: float
+) -> None:
     ramp_ns = round(ramp_up_s * NS_PER_S)
 
     async def worker(k: int) -> None:
@@ -407,8 +409,14 @@ def _percentile_ms(values: list[float | None], q: float) -> float | None:
     return float(np.percentile(present, q)) if present else None
 
 
-def _step(value: float, outcome: PointOutcome, records: list[RequestRecord], previous: SearchStep | None,
-          slo: metrics.Slo | None, percentile: float) -> SearchStep:
+def _step(
+    value: float,
+    outcome: PointOutcome,
+    records: list[RequestRecord],
+    previous: SearchStep | None,
+    slo: metrics.Slo | None,
+    percentile: float,
+) -> SearchStep:
     measured = [r for r in records if not r.warmup]
     throughput = metrics.output_tokens_per_s(measured, metrics.duration_s(measured))
     values = {

@@ -20,7 +20,16 @@ NS_PER_MS = 1_000_000
 NS_PER_S = 1_000_000_000
 PERCENTILES = (("p50", 50.0), ("p90", 90.0), ("p95", 95.0), ("p99", 99.0), ("p99.9", 99.9))
 DISTRIBUTION_STATS = ("count", "mean", "std", "min") + tuple(name for name, _ in PERCENTILES) + ("max",)
-ID_COLUMNS = ["point_id", "deployment", "framework", "model", "language", "load_kind", "load_value", "interference"]
+ID_COLUMNS = [
+    "point_id",
+    "deployment",
+    "framework",
+    "model",
+    "language",
+    "load_kind",
+    "load_value",
+    "interference",
+]
 SUMMARY_COLUMNS = ID_COLUMNS + ["metric", "stat", "value", "unit"]
 
 
@@ -152,7 +161,12 @@ def distribution(values: Sequence[float]) -> dict[str, float]:
     if not values:
         return {"count": 0.0}
     array = np.asarray(values, dtype=float)
-    stats = {"count": float(array.size), "mean": float(array.mean()), "std": float(array.std()), "min": float(array.min())}
+    stats = {
+        "count": float(array.size),
+        "mean": float(array.mean()),
+        "std": float(array.std()),
+        "min": float(array.min()),
+    }
     for name, q in PERCENTILES:
         stats[name] = float(np.percentile(array, q))
     stats["max"] = float(array.max())
@@ -170,7 +184,9 @@ REQUEST_METRICS = (
 """Distribution metrics of the summary: (metric name, unit, function of one record)."""
 
 
-def _point_rows(point_id: str, records: list[RequestRecord], point: PointRecord | None, slo: Slo | None) -> list[dict]:
+def _point_rows(
+    point_id: str, records: list[RequestRecord], point: PointRecord | None, slo: Slo | None
+) -> list[dict]:
     first = records[0] if records else None
     ids = {
         "point_id": point_id,
@@ -192,7 +208,9 @@ def _point_rows(point_id: str, records: list[RequestRecord], point: PointRecord 
         emit(metric, unit, distribution([v for v in map(function, ok) if v is not None]))
     emit("itl_ms", "ms", distribution([gap for r in ok for gap in itl_ms(r)]))
     emit("schedule_lag_ms", "ms", distribution([v for v in map(schedule_lag_ms, records) if v is not None]))
-    emit("prompt_tokens", "tokens", distribution([r.prompt_tokens for r in ok if r.prompt_tokens is not None]))
+    emit(
+        "prompt_tokens", "tokens", distribution([r.prompt_tokens for r in ok if r.prompt_tokens is not None])
+    )
     emit("output_tokens", "tokens", distribution([n for n in map(output_tokens, ok) if n is not None]))
     seconds = duration_s(records)
     scalars = {

@@ -33,46 +33,46 @@ class LlamaCppEngine(Strict):
     ctx_size: int = Field(4096, ge=256, le=1_048_576, description="-c: KV cache size in tokens, shared by the slots")
     threads: int | None = Field(None, ge=1, le=1024, description="-t; default: llama.cpp's choice")
     image: str = Field("ghcr.io/ggml-org/llama.cpp:server-b6140", description="compose image, pinned")
-    extra_args: tuple[str, ...] = ()
+    extra_args: tuple[str, ...] = Field((), description="more command-line flags, passed through as they are")
 
 
 class VllmEngine(Strict):
     """vLLM's OpenAI-compatible server (v1 engine)."""
 
     kind: Literal["vllm"] = "vllm"
-    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
-    max_model_len: int | None = Field(None, ge=16)
-    max_num_seqs: int | None = Field(None, ge=1, le=4096)
-    dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
-    enforce_eager: bool = False
+    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0, description="--gpu-memory-utilization: share of TOTAL GPU memory, weights included (vLLM v1)")
+    max_model_len: int | None = Field(None, ge=16, description="--max-model-len: longest prompt + output, tokens")
+    max_num_seqs: int | None = Field(None, ge=1, le=4096, description="--max-num-seqs: sequences decoded together")
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = Field("auto", description="--dtype of weights and activations")
+    enforce_eager: bool = Field(False, description="--enforce-eager: no CUDA graphs or torch.compile (faster start, slower decode)")
     image: str = Field("vllm/vllm-openai:v0.26.0", description="compose image, pinned")
     python: str = Field("python3", description="interpreter that has vllm, for native launch")
-    extra_args: tuple[str, ...] = ()
+    extra_args: tuple[str, ...] = Field((), description="more command-line flags, passed through as they are")
 
 
 class SglangEngine(Strict):
     """SGLang's server (`python -m sglang.launch_server`)."""
 
     kind: Literal["sglang"] = "sglang"
-    mem_fraction_static: float = Field(0.9, gt=0.0, le=1.0)
-    context_length: int | None = Field(None, ge=16)
-    max_running_requests: int | None = Field(None, ge=1, le=4096)
-    dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
+    mem_fraction_static: float = Field(0.9, gt=0.0, le=1.0, description="--mem-fraction-static: share of the memory free at start for weights + KV cache")
+    context_length: int | None = Field(None, ge=16, description="--context-length (vLLM's max_model_len)")
+    max_running_requests: int | None = Field(None, ge=1, le=4096, description="--max-running-requests (vLLM's max_num_seqs)")
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = Field("auto", description="--dtype")
     image: str = Field("lmsysorg/sglang:v0.5.5-cu129", description="compose image, pinned")
-    python: str = "python3"
-    extra_args: tuple[str, ...] = ()
+    python: str = Field("python3", description="interpreter that has sglang, for native launch")
+    extra_args: tuple[str, ...] = Field((), description="more command-line flags, passed through as they are")
 
 
 class OllamaEngine(Strict):
     """Ollama (`ollama serve`); models are tags such as `tinyllama:1.1b`."""
 
     kind: Literal["ollama"] = "ollama"
-    num_ctx: int = Field(2048, ge=256)
-    num_parallel: int = Field(1, ge=1, le=256)
+    num_ctx: int = Field(2048, ge=256, description="OLLAMA_CONTEXT_LENGTH: context per sequence, tokens")
+    num_parallel: int = Field(1, ge=1, le=256, description="OLLAMA_NUM_PARALLEL: requests served at once per model")
     keep_alive: str = Field("5m", description="how long a model stays loaded after its last request")
-    binary: str = "ollama"
+    binary: str = Field("ollama", description="the ollama executable, for native launch")
     image: str = Field("ollama/ollama:0.12.6", description="compose image, pinned")
-    extra_args: tuple[str, ...] = ()
+    extra_args: tuple[str, ...] = Field((), description="more command-line flags, passed through as they are")
 
     @field_validator("keep_alive")
     @classmethod
@@ -97,7 +97,7 @@ class Deployment(Strict):
     shape: str | None = Field(None, description="serve a shape model (config + local tokenizer, dummy weights) of this architecture")
     engine: EngineParams
     port: int | None = Field(None, ge=1024, le=65535, description="default: a free loopback port")
-    startup_timeout_s: float = Field(600.0, gt=0, le=7200)
+    startup_timeout_s: float = Field(600.0, gt=0, le=7200, description="seconds to wait for the health check before giving up")
     env: dict[str, str] = Field(default_factory=dict, description="plain environment; secrets belong in the environment, named in secret_env")
     secret_env: tuple[str, ...] = Field((), description="names of environment variables passed through, never their values")
 
@@ -117,7 +117,7 @@ class ConcurrencyLoad(Strict):
     """Closed loop: each of N workers sends its next request when the last one ends."""
 
     kind: Literal["concurrency"] = "concurrency"
-    values: tuple[int, ...] = Field(min_length=1)
+    values: tuple[int, ...] = Field(min_length=1, description="concurrency levels, one load point each")
     ramp_up_s: float = Field(0.0, ge=0, description="workers start spread evenly over this time")
 
     @field_validator("values")
@@ -135,7 +135,7 @@ class RateLoad(Strict):
     kind: Literal["constant", "poisson", "gamma"]
     values: tuple[float, ...] = Field(min_length=1, description="requests per second")
     burstiness: float = Field(1.0, gt=0, description="gamma shape; 1 is Poisson, below 1 burstier")
-    max_concurrency: int | None = Field(None, ge=1, le=100_000)
+    max_concurrency: int | None = Field(None, ge=1, le=100_000, description="cap on requests in flight; arrivals beyond it wait (and their lag is recorded)")
     ramp_up_s: float = Field(0.0, ge=0, description="the rate rises linearly from 0 to the value over this time")
 
     @field_validator("values")
@@ -153,17 +153,17 @@ LoadParams = Annotated[Union[ConcurrencyLoad, RateLoad], Field(discriminator="ki
 class Sweep(Strict):
     """The grid: every deployment x language x load value is one load point."""
 
-    api: Literal["completions", "chat"] = "completions"
-    languages: tuple[str, ...] = Field(("en",), min_length=1)
-    input_tokens: int = Field(128, ge=1, le=1_000_000)
-    output_tokens: int = Field(64, ge=1, le=1_000_000)
+    api: Literal["completions", "chat"] = Field("completions", description="/v1/completions (/api/generate) or /v1/chat/completions (/api/chat)")
+    languages: tuple[str, ...] = Field(("en",), min_length=1, description="prompt sets: en, ko, zh, ja, es, or random (random tokens)")
+    input_tokens: int = Field(128, ge=1, le=1_000_000, description="target prompt length, tokens")
+    output_tokens: int = Field(64, ge=1, le=1_000_000, description="max_tokens (num_predict) of every request")
     ignore_eos: bool = Field(True, description="ask the server to generate exactly output_tokens")
-    load: tuple[LoadParams, ...] = Field(min_length=1)
-    requests_per_point: int | None = Field(32, ge=1, le=10_000_000)
+    load: tuple[LoadParams, ...] = Field(min_length=1, description="load modes, each with its values (see sweep.load[])")
+    requests_per_point: int | None = Field(32, ge=1, le=10_000_000, description="measured requests per load point (warm-up not counted); null with duration_s")
     duration_s: float | None = Field(None, gt=0, le=86_400, description="run each point for this long instead of by count")
     warmup_requests: int = Field(2, ge=0, le=100_000, description="sent first, tagged warmup, left out of the results")
-    request_timeout_s: float = Field(120.0, gt=0, le=86_400)
-    seed: int = 0
+    request_timeout_s: float = Field(120.0, gt=0, le=86_400, description="a request still running after this is recorded as a timeout")
+    seed: int = Field(0, description="seeds prompts and arrival times, so a run can be repeated")
     prompts_file: str | None = Field(None, description="a local ShareGPT-format JSON file instead of the shipped prompts")
 
     @field_validator("languages")
@@ -182,24 +182,24 @@ class Sweep(Strict):
 
 
 class Memory(Strict):
-    sample_hz: float = Field(20.0, gt=0, le=1000)
-    device_index: int = Field(0, ge=0, le=64)
+    sample_hz: float = Field(20.0, gt=0, le=1000, description="memory samples per second (NVML, or host RSS without a GPU)")
+    device_index: int = Field(0, ge=0, le=64, description="the GPU to sample")
 
 
 class Policy(Strict):
-    on_engine_death: Literal["abort", "continue"] = "abort"
+    on_engine_death: Literal["abort", "continue"] = Field("abort", description="when a server dies: stop the run, or mark its points aborted and go on")
     max_error_rate: float = Field(0.5, ge=0, le=1, description="a point with more failed requests is marked failed")
 
 
 class Params(Strict):
     """A whole experiment."""
 
-    name: str = Field(pattern=NAME_PATTERN)
-    description: str = ""
-    deployments: tuple[Deployment, ...] = Field(min_length=1)
-    sweep: Sweep
-    memory: Memory = Memory()
-    policy: Policy = Policy()
+    name: str = Field(pattern=NAME_PATTERN, description="short id of the experiment")
+    description: str = Field("", description="one sentence for the report")
+    deployments: tuple[Deployment, ...] = Field(min_length=1, description="the servers (see deployments[])")
+    sweep: Sweep = Field(description="the load grid (see sweep)")
+    memory: Memory = Field(Memory(), description="the memory sampler (see memory)")
+    policy: Policy = Field(Policy(), description="what to do on failures (see policy)")
 
     @model_validator(mode="after")
     def _unique_names_and_ports(self) -> Params:

@@ -48,7 +48,9 @@ class Prompt:
 def passages(language: str) -> tuple[str, ...]:
     """The shipped passages of one language (`servelab/data/prompts/<language>.txt`, blank-line separated)."""
     if language not in SHIPPED_LANGUAGES:
-        raise ParamsError(f"no shipped prompts for language {language!r}; shipped: {', '.join(SHIPPED_LANGUAGES)}")
+        raise ParamsError(
+            f"no shipped prompts for language {language!r}; shipped: {', '.join(SHIPPED_LANGUAGES)}"
+        )
     text = resources.files("servelab").joinpath(f"data/prompts/{language}.txt").read_text(encoding="utf-8")
     lines = [line for line in text.splitlines() if not line.startswith("#")]
     found = tuple(p.strip().replace("\n", " ") for p in "\n".join(lines).split("\n\n") if p.strip())
@@ -212,11 +214,17 @@ def load_sharegpt(
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ParamsError(f"prompts_file {path}: no such file; give a local ShareGPT-format JSON file") from None
+        raise ParamsError(
+            f"prompts_file {path}: no such file; give a local ShareGPT-format JSON file"
+        ) from None
     except (OSError, ValueError) as error:
-        raise ParamsError(f"prompts_file {path}: not readable JSON ({error}); give a ShareGPT-format JSON list") from None
+        raise ParamsError(
+            f"prompts_file {path}: not readable JSON ({error}); give a ShareGPT-format JSON list"
+        ) from None
     if not isinstance(data, list):
-        raise ParamsError(f"prompts_file {path}: the top level is {type(data).__name__}, expected a list of conversations")
+        raise ParamsError(
+            f"prompts_file {path}: the top level is {type(data).__name__}, expected a list of conversations"
+        )
     texts = [t for t in (_first_human_turn(item) for item in data) if t is not None]
     random.Random(f"servelab.prompts:sharegpt:{seed}:{salt}").shuffle(texts)
     prompts: list[Prompt] = []
@@ -257,7 +265,9 @@ def build_prompts(
     if prompts_file:
         return load_sharegpt(prompts_file, count, seed, count_tokens=count_tokens, salt=salt)
     if language == "random":
-        return random_prompts(count, sweep.input_tokens, seed, tokenizer=tokenizer, count_tokens=count_tokens, salt=salt)
+        return random_prompts(
+            count, sweep.input_tokens, seed, tokenizer=tokenizer, count_tokens=count_tokens, salt=salt
+        )
     return compose_prompts(language, count, sweep.input_tokens, seed, count_tokens=count_tokens, salt=salt)
 
 

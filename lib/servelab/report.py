@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from pathlib import Path
 
 from servelab.errors import OutputsError
@@ -11,6 +12,8 @@ from servelab.manifest import redact
 from servelab.records import MANIFEST_FILE
 
 REPORT_FILE = "report.html"
+# nbconvert's page loads require.js and MathJax from a CDN; the report needs neither and must open offline.
+REMOTE_SCRIPT = re.compile(r'<script src="https?://[^"]*"[^>]*>\s*</script>')
 
 
 def export_html(notebook: Path, destination: Path, hide_code: bool = True) -> Path:
@@ -23,6 +26,9 @@ def export_html(notebook: Path, destination: Path, hide_code: bool = True) -> Pa
     exporter.exclude_input_prompt = True
     exporter.exclude_output_prompt = True
     body, _ = exporter.from_notebook_node(nbformat.read(notebook, as_version=4))
+    body = REMOTE_SCRIPT.sub("", body)
+    title = html.escape(f"servelab: {notebook.parent.parent.name}")
+    body = body.replace("<title>Notebook</title>", f"<title>{title}</title>", 1)
     try:
         destination.write_text(redact(body), encoding="utf-8")
     except OSError as error:

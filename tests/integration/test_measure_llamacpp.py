@@ -44,9 +44,20 @@ def server_tokenizer(embedded_server):
 def _send_one(target: Target, prompt: Prompt, api: str, output_tokens: int, **kwargs) -> RequestRecord:
     async def go() -> RequestRecord:
         async with make_client(2) as client:
-            record = RequestRecord("it", 0, target.deployment, target.framework, target.model, prompt.language, False, 0)
-            return await send(client, target, prompt, api=api, output_tokens=output_tokens, ignore_eos=True,  # type: ignore[arg-type]
-                              timeout_s=120, record=record, **kwargs)
+            record = RequestRecord(
+                "it", 0, target.deployment, target.framework, target.model, prompt.language, False, 0
+            )
+            return await send(
+                client,
+                target,
+                prompt,
+                api=api,
+                output_tokens=output_tokens,
+                ignore_eos=True,  # type: ignore[arg-type]
+                timeout_s=120,
+                record=record,
+                **kwargs,
+            )
 
     return asyncio.run(go())
 
@@ -61,7 +72,13 @@ def test_a_streamed_request_with_ignore_eos_gives_exactly_max_tokens_and_usage(t
     assert record.server_timings is not None and record.server_timings["predicted_n"] == 24
     assert record.prompt_tokens and record.prompt_tokens > 0
     assert 1 <= record.chunk_count <= 24
-    assert record.actual_send_ns < record.first_token_ns == record.chunk_ns[0] <= record.chunk_ns[-1] <= record.end_ns
+    assert (
+        record.actual_send_ns
+        < record.first_token_ns
+        == record.chunk_ns[0]
+        <= record.chunk_ns[-1]
+        <= record.end_ns
+    )
     assert record.output_chars > 0
 
 
@@ -84,8 +101,14 @@ def test_prompts_built_with_the_server_tokenizer_have_the_asked_length(target, s
 
 
 def test_output_tok_s_agrees_with_the_engines_own_counter(target, embedded_server, server_tokenizer):
-    sweep = Sweep(load=(ConcurrencyLoad(values=(2,)),), input_tokens=32, output_tokens=32, requests_per_point=8,
-                  warmup_requests=0, seed=11)
+    sweep = Sweep(
+        load=(ConcurrencyLoad(values=(2,)),),
+        input_tokens=32,
+        output_tokens=32,
+        requests_per_point=8,
+        warmup_requests=0,
+        seed=11,
+    )
     prompts = build_prompts(sweep, "en", count=8, seed=11, count_tokens=server_tokenizer.count)
     records: list[RequestRecord] = []
 
@@ -93,7 +116,9 @@ def test_output_tok_s_agrees_with_the_engines_own_counter(target, embedded_serve
         async with make_client(2) as client:
             # The engine's window: its counter read just before the point and just after it.
             before = engine_metrics.snapshot(embedded_server.base_url)
-            outcome = await run_point(client, target, prompts, "concurrency", 2, sweep, "it/agreement", records.append)
+            outcome = await run_point(
+                client, target, prompts, "concurrency", 2, sweep, "it/agreement", records.append
+            )
             return before, outcome, engine_metrics.snapshot(embedded_server.base_url)
 
     before, outcome, after = asyncio.run(go())
@@ -112,7 +137,9 @@ def test_output_tok_s_agrees_with_the_engines_own_counter(target, embedded_serve
 
 
 def test_the_servers_tokenizer_recounts_the_streamed_text_to_about_the_server_count(target, server_tokenizer):
-    record = _send_one(target, Prompt("Tell me about rivers.", "en", 5), "completions", 24, token_counter=server_tokenizer)
+    record = _send_one(
+        target, Prompt("Tell me about rivers.", "en", 5), "completions", 24, token_counter=server_tokenizer
+    )
     assert record.ok, record.error_message
     assert record.token_source == "server"
     # Decoding then encoding again may merge or split a token or two, never more.
@@ -121,8 +148,14 @@ def test_the_servers_tokenizer_recounts_the_streamed_text_to_about_the_server_co
 
 
 def test_an_open_loop_point_runs_on_its_schedule_against_the_engine(target):
-    sweep = Sweep(load=(RateLoad(kind="poisson", values=(4.0,)),), input_tokens=16, output_tokens=8,
-                  requests_per_point=6, warmup_requests=1, seed=3)
+    sweep = Sweep(
+        load=(RateLoad(kind="poisson", values=(4.0,)),),
+        input_tokens=16,
+        output_tokens=8,
+        requests_per_point=6,
+        warmup_requests=1,
+        seed=3,
+    )
     records: list[RequestRecord] = []
 
     async def go():

@@ -9,6 +9,7 @@ import struct
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -104,18 +105,31 @@ def replay_server():
 
 def _target(server: ThreadingHTTPServer, path: str, flavour: str = "openai") -> Target:
     host, port = server.server_address[:2]
-    return Target("dep", "llamacpp", "reported-model", "served-model", f"http://{host}:{port}/{path}", flavour)  # type: ignore[arg-type]
+    return Target(
+        "dep", "llamacpp", "reported-model", "served-model", f"http://{host}:{port}/{path}", flavour
+    )  # type: ignore[arg-type]
 
 
 def _record(index: int = 0) -> RequestRecord:
     return RequestRecord("p", index, "dep", "llamacpp", "reported-model", "en", False, intended_send_ns=0)
 
 
-def _send(target: Target, api: str = "completions", timeout_s: float = 10.0, **kwargs: object) -> RequestRecord:
+def _send(
+    target: Target, api: str = "completions", timeout_s: float = 10.0, **kwargs: object
+) -> RequestRecord:
     async def go() -> RequestRecord:
         async with make_client(4) as client:
-            return await send(client, target, PROMPT, api=api, output_tokens=8, ignore_eos=True,  # type: ignore[arg-type]
-                              timeout_s=timeout_s, record=_record(), **kwargs)  # type: ignore[arg-type]
+            return await send(
+                client,
+                target,
+                PROMPT,
+                api=api,
+                output_tokens=8,
+                ignore_eos=True,  # type: ignore[arg-type]
+                timeout_s=timeout_s,
+                record=_record(),
+                **kwargs,
+            )  # type: ignore[arg-type]
 
     return asyncio.run(go())
 
@@ -144,7 +158,7 @@ def _assert_ordered(record: RequestRecord) -> None:
     assert record.actual_send_ns > 0
     assert record.first_token_ns == record.chunk_ns[0]
     assert record.actual_send_ns <= record.chunk_ns[0]
-    assert all(a <= b for a, b in zip(record.chunk_ns, record.chunk_ns[1:]))
+    assert all(a <= b for a, b in pairwise(record.chunk_ns))
     assert record.chunk_ns[-1] <= record.end_ns
 
 
@@ -191,7 +205,9 @@ def test_chat_stream_counts_only_chunks_with_content(replay_server):
     assert body["messages"] == [{"role": "user", "content": PROMPT.text}]
     assert record.ok, record.error_message
     # The role-only chunk and the finish_reason chunk carry no text and are not chunks of output.
-    assert record.chunk_count == len(_content_texts("llamacpp_chat.sse")) < len(_events("llamacpp_chat.sse")) - 1
+    assert (
+        record.chunk_count == len(_content_texts("llamacpp_chat.sse")) < len(_events("llamacpp_chat.sse")) - 1
+    )
     assert record.output_tokens == 8
     _assert_ordered(record)
 
@@ -321,7 +337,9 @@ def test_a_stream_without_done_finish_or_usage_is_a_protocol_error(replay_server
 
 
 def test_an_event_that_is_not_json_is_a_protocol_error(replay_server):
-    record = _send(_target(replay_server, _inline(['{"choices":[{"text":"a"}]}', "{not json", "[DONE]"]) + "/0"))
+    record = _send(
+        _target(replay_server, _inline(['{"choices":[{"text":"a"}]}', "{not json", "[DONE]"]) + "/0")
+    )
     assert record.error_class == "protocol"
 
 
@@ -333,7 +351,10 @@ def test_an_error_event_takes_the_class_of_its_code(replay_server):
 
 
 def test_a_stream_without_any_text_is_empty(replay_server):
-    events = ['{"choices":[{"text":"","finish_reason":"stop"}],"usage":{"completion_tokens":0,"prompt_tokens":3}}', "[DONE]"]
+    events = [
+        '{"choices":[{"text":"","finish_reason":"stop"}],"usage":{"completion_tokens":0,"prompt_tokens":3}}',
+        "[DONE]",
+    ]
     record = _send(_target(replay_server, _inline(events) + "/0"))
     assert record.error_class == "empty"
 
@@ -357,7 +378,12 @@ def word_tokenizer(tmp_path_factory) -> JsonTokenizer:
     return JsonTokenizer(path)
 
 
-NO_USAGE = ['{"choices":[{"text":" Paris is"}]}', '{"choices":[{"text":" a city."}]}', '{"choices":[{"text":"","finish_reason":"length"}]}', "[DONE]"]
+NO_USAGE = [
+    '{"choices":[{"text":" Paris is"}]}',
+    '{"choices":[{"text":" a city."}]}',
+    '{"choices":[{"text":"","finish_reason":"length"}]}',
+    "[DONE]",
+]
 
 
 def test_without_server_usage_the_tokenizer_counts(replay_server, word_tokenizer):
@@ -384,8 +410,16 @@ def test_cancelling_a_request_records_it_and_lets_the_cancellation_through(repla
     async def go() -> None:
         async with make_client(1) as client:
             task = asyncio.ensure_future(
-                send(client, _target(replay_server, "stall/llamacpp_completions.sse/0"), PROMPT, api="completions",
-                     output_tokens=8, ignore_eos=True, timeout_s=30, record=record)
+                send(
+                    client,
+                    _target(replay_server, "stall/llamacpp_completions.sse/0"),
+                    PROMPT,
+                    api="completions",
+                    output_tokens=8,
+                    ignore_eos=True,
+                    timeout_s=30,
+                    record=record,
+                )
             )
             while record.chunk_count < 2:
                 await asyncio.sleep(0.01)
@@ -414,7 +448,11 @@ def test_target_for_a_deployment_names_the_model_as_the_adapter_serves_it():
     deployment = Deployment(name="small", model="smollm2", engine=LlamaCppEngine())
     target = Target.for_deployment(deployment, "http://127.0.0.1:8080/")
     assert (target.deployment, target.framework, target.model) == ("small", "llamacpp", "smollm2")
-    assert (target.served_model, target.api_flavour, target.base_url) == ("small", "openai", "http://127.0.0.1:8080")
+    assert (target.served_model, target.api_flavour, target.base_url) == (
+        "small",
+        "openai",
+        "http://127.0.0.1:8080",
+    )
 
 
 def test_many_concurrent_streams_share_one_pool(replay_server):
@@ -422,13 +460,22 @@ def test_many_concurrent_streams_share_one_pool(replay_server):
 
     async def go() -> list[RequestRecord]:
         async with make_client(4) as client:
-            return await asyncio.gather(*[
-                send(client, target, PROMPT, api="completions", output_tokens=8, ignore_eos=True, timeout_s=30,
-                     record=_record(i))
-                for i in range(16)
-            ])
+            return await asyncio.gather(
+                *[
+                    send(
+                        client,
+                        target,
+                        PROMPT,
+                        api="completions",
+                        output_tokens=8,
+                        ignore_eos=True,
+                        timeout_s=30,
+                        record=_record(i),
+                    )
+                    for i in range(16)
+                ]
+            )
 
     records = asyncio.run(go())
     assert all(r.ok for r in records), [r.error_message for r in records if not r.ok]
     assert {r.output_tokens for r in records} == {8}
-

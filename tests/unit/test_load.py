@@ -12,6 +12,7 @@ import statistics
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from itertools import pairwise
 
 import pytest
 
@@ -37,7 +38,7 @@ PROMPTS = [Prompt(f"prompt {i}", "en", 2) for i in range(8)]
 
 # ------------------------------------------------------------------------------------------ schedules
 def _intervals_s(offsets: list[int]) -> list[float]:
-    return [(b - a) / 1e9 for a, b in zip(offsets, offsets[1:])]
+    return [(b - a) / 1e9 for a, b in pairwise(offsets)]
 
 
 def test_constant_arrivals_are_exactly_one_interval_apart():
@@ -125,8 +126,12 @@ def test_sleep_until_never_wakes_early():
 
 
 def test_load_params_come_from_the_sweep_entry_holding_the_value():
-    sweep = Sweep(load=(RateLoad(kind="gamma", values=(2.0, 4.0), burstiness=0.5, max_concurrency=3),
-                        ConcurrencyLoad(values=(1, 8), ramp_up_s=2.0)))
+    sweep = Sweep(
+        load=(
+            RateLoad(kind="gamma", values=(2.0, 4.0), burstiness=0.5, max_concurrency=3),
+            ConcurrencyLoad(values=(1, 8), ramp_up_s=2.0),
+        )
+    )
     assert load_params_for(sweep, "gamma", 4.0).burstiness == 0.5
     assert load_params_for(sweep, "concurrency", 8).ramp_up_s == 2.0
     assert load_params_for(sweep, "poisson", 9.0).kind == "poisson"
@@ -191,13 +196,17 @@ def _run(target: Target, kind: str, value: float, sweep: Sweep, point_id: str = 
 
     async def go():
         async with make_client(16) as client:
-            return await run_point(client, target, PROMPTS, kind, value, sweep, point_id, records.append, **kwargs)
+            return await run_point(
+                client, target, PROMPTS, kind, value, sweep, point_id, records.append, **kwargs
+            )
 
     return asyncio.run(go()), records
 
 
 def test_a_closed_loop_sends_warmups_first_then_keeps_n_workers_busy(streamer):
-    outcome, records = _run(_target(streamer, "parallel/4/5"), "concurrency", 3, _sweep(ConcurrencyLoad(values=(3,))))
+    outcome, records = _run(
+        _target(streamer, "parallel/4/5"), "concurrency", 3, _sweep(ConcurrencyLoad(values=(3,)))
+    )
     warmups = [r for r in records if r.warmup]
     measured = [r for r in records if not r.warmup]
     assert len(warmups) == 2 and len(measured) == 10
@@ -213,7 +222,9 @@ def test_a_closed_loop_sends_warmups_first_then_keeps_n_workers_busy(streamer):
 
 
 def test_in_a_closed_loop_a_request_is_intended_when_its_worker_became_free(streamer):
-    _, records = _run(_target(streamer, "parallel/3/5"), "concurrency", 2, _sweep(ConcurrencyLoad(values=(2,))))
+    _, records = _run(
+        _target(streamer, "parallel/3/5"), "concurrency", 2, _sweep(ConcurrencyLoad(values=(2,)))
+    )
     measured = sorted((r for r in records if not r.warmup), key=lambda r: r.intended_send_ns)
     anchor = measured[0].intended_send_ns
     ends = {r.end_ns for r in measured}
@@ -246,7 +257,11 @@ def test_an_open_loop_does_not_wait_for_responses_but_max_concurrency_caps_it(st
     free = _sweep(RateLoad(kind="constant", values=(100.0,)), warmup_requests=0, requests_per_point=12)
     outcome, _ = _run(_target(streamer, "parallel/4/50"), "constant", 100.0, free)
     assert outcome.max_in_flight >= 4  # 10 ms apart, each 200 ms long
-    capped = _sweep(RateLoad(kind="constant", values=(100.0,), max_concurrency=2), warmup_requests=0, requests_per_point=12)
+    capped = _sweep(
+        RateLoad(kind="constant", values=(100.0,), max_concurrency=2),
+        warmup_requests=0,
+        requests_per_point=12,
+    )
     outcome, records = _run(_target(streamer, "parallel/4/50"), "constant", 100.0, capped)
     assert outcome.max_in_flight == 2
     assert len(records) == 12
@@ -284,8 +299,16 @@ def test_a_failing_on_record_stops_the_point_with_its_error(streamer):
 
     async def go():
         async with make_client(4) as client:
-            await run_point(client, _target(streamer, "parallel/2/5"), PROMPTS, "poisson", 50.0,
-                            _sweep(RateLoad(kind="poisson", values=(50.0,)), warmup_requests=0), "pt", refuse)
+            await run_point(
+                client,
+                _target(streamer, "parallel/2/5"),
+                PROMPTS,
+                "poisson",
+                50.0,
+                _sweep(RateLoad(kind="poisson", values=(50.0,)), warmup_requests=0),
+                "pt",
+                refuse,
+            )
 
     with pytest.raises(OSError, match="disk full"):
         asyncio.run(go())
@@ -293,7 +316,9 @@ def test_a_failing_on_record_stops_the_point_with_its_error(streamer):
 
 def test_a_point_needs_prompts():
     with pytest.raises(ValueError, match="no prompts"):
-        asyncio.run(run_point(None, None, [], "concurrency", 1, _sweep(ConcurrencyLoad(values=(1,))), "pt", print))  # type: ignore[arg-type]
+        asyncio.run(
+            run_point(None, None, [], "concurrency", 1, _sweep(ConcurrencyLoad(values=(1,))), "pt", print)
+        )  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------------------------------ max throughput

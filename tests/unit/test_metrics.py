@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -40,16 +41,38 @@ RECORDED = Path(__file__).parents[1] / "data" / "recorded" / "llamacpp_requests.
 MS = 1_000_000
 
 
-def make(index: int = 0, *, point: str = "p", intended: int = 0, sent: int = 1 * MS, chunks_ms=(11, 14, 18, 25),
-         end_ms: float | None = 26, tokens: int | None = 5, prompt: int | None = 7, warmup: bool = False,
-         error: str | None = None) -> RequestRecord:
+def make(
+    index: int = 0,
+    *,
+    point: str = "p",
+    intended: int = 0,
+    sent: int = 1 * MS,
+    chunks_ms=(11, 14, 18, 25),
+    end_ms: float | None = 26,
+    tokens: int | None = 5,
+    prompt: int | None = 7,
+    warmup: bool = False,
+    error: str | None = None,
+) -> RequestRecord:
     chunk_ns = [round(c * MS) for c in chunks_ms]
     return RequestRecord(
-        point_id=point, request_index=index, deployment="dep", framework="llamacpp", model="m", language="en",
-        warmup=warmup, intended_send_ns=intended, actual_send_ns=sent,
-        first_token_ns=chunk_ns[0] if chunk_ns else None, end_ns=round((end_ms or 0) * MS), chunk_ns=chunk_ns,
-        chunk_count=len(chunk_ns), prompt_tokens=prompt, output_tokens=tokens,
-        token_source="server" if tokens is not None else "none", error_class=error,
+        point_id=point,
+        request_index=index,
+        deployment="dep",
+        framework="llamacpp",
+        model="m",
+        language="en",
+        warmup=warmup,
+        intended_send_ns=intended,
+        actual_send_ns=sent,
+        first_token_ns=chunk_ns[0] if chunk_ns else None,
+        end_ns=round((end_ms or 0) * MS),
+        chunk_ns=chunk_ns,
+        chunk_count=len(chunk_ns),
+        prompt_tokens=prompt,
+        output_tokens=tokens,
+        token_source="server" if tokens is not None else "none",
+        error_class=error,
     )
 
 
@@ -107,7 +130,16 @@ def test_throughputs_divide_successful_work_by_the_point_duration():
     records = [
         make(0, intended=0, sent=0, chunks_ms=(10, 20), end_ms=40, tokens=4, prompt=10),
         make(1, intended=20 * MS, sent=21 * MS, chunks_ms=(30, 50), end_ms=100, tokens=6, prompt=20),
-        make(2, intended=30 * MS, sent=30 * MS, chunks_ms=(), end_ms=60, tokens=None, prompt=None, error="http_5xx"),
+        make(
+            2,
+            intended=30 * MS,
+            sent=30 * MS,
+            chunks_ms=(),
+            end_ms=60,
+            tokens=None,
+            prompt=None,
+            error="http_5xx",
+        ),
     ]
     seconds = duration_s(records)
     assert seconds == 0.1
@@ -148,9 +180,20 @@ def test_warmup_records_never_enter_the_summary():
 
 
 def test_percentiles_use_linear_interpolation():
-    records = [make(i, sent=0, chunks_ms=(v,), end_ms=v + 1, tokens=1) for i, v in enumerate([10, 20, 30, 40, 50])]
+    records = [
+        make(i, sent=0, chunks_ms=(v,), end_ms=v + 1, tokens=1) for i, v in enumerate([10, 20, 30, 40, 50])
+    ]
     ttft = summarize(records).query("metric == 'ttft_ms'").set_index("stat").value
-    got = [ttft["p50"], ttft["p90"], ttft["p99"], ttft["p99.9"], ttft["mean"], ttft["min"], ttft["max"], ttft["count"]]
+    got = [
+        ttft["p50"],
+        ttft["p90"],
+        ttft["p99"],
+        ttft["p99.9"],
+        ttft["mean"],
+        ttft["min"],
+        ttft["max"],
+        ttft["count"],
+    ]
     assert got == pytest.approx([30.0, 46.0, 49.6, 49.96, 30.0, 10.0, 50.0, 5.0], rel=1e-12)
     assert ttft["std"] == pytest.approx(np.std([10, 20, 30, 40, 50]))
 
@@ -169,8 +212,13 @@ def test_wide_gives_one_row_per_point_with_readable_columns():
 
 
 def test_error_breakdown_counts_failures_by_class():
-    records = [make(0, error="timeout"), make(1, error="timeout"), make(2, error="http_429"), make(3),
-               make(4, error="connect", warmup=True)]
+    records = [
+        make(0, error="timeout"),
+        make(1, error="timeout"),
+        make(2, error="http_429"),
+        make(3),
+        make(4, error="connect", warmup=True),
+    ]
     table = error_breakdown(records)
     assert table.to_dict("records") == [
         {"point_id": "p", "error_class": "http_429", "requests": 1},
@@ -194,8 +242,12 @@ class RequestFuncOutput:
     prompt_len: int
 
 
-def vllm_calculate_metrics(outputs: list[RequestFuncOutput], dur_s: float, selected_percentiles: list[float],
-                           goodput_config_dict: dict[str, float]) -> dict[str, float]:
+def vllm_calculate_metrics(
+    outputs: list[RequestFuncOutput],
+    dur_s: float,
+    selected_percentiles: list[float],
+    goodput_config_dict: dict[str, float],
+) -> dict[str, float]:
     """vLLM's `calculate_metrics` (vllm/benchmarks/serve.py), restated line by line for the fields it reports.
 
     The tokenizer branch (output_tokens missing) is left out: every recorded request has a server count.
@@ -240,8 +292,8 @@ def vllm_calculate_metrics(outputs: list[RequestFuncOutput], dur_s: float, selec
         if "e2el" in goodput_config_dict:
             valid_metrics.append(e2els)
             slo_values.append(goodput_config_dict["e2el"] / MILLISECONDS_TO_SECONDS_CONVERSION)
-        for req_metric in zip(*valid_metrics):
-            if all([s >= r for s, r in zip(slo_values, req_metric)]):
+        for req_metric in zip(*valid_metrics, strict=True):
+            if all([s >= r for s, r in zip(slo_values, req_metric, strict=True)]):
                 good_completed += 1
     result = {
         "completed": completed,
@@ -267,9 +319,15 @@ def as_vllm_output(record: RequestRecord) -> RequestFuncOutput:
         return RequestFuncOutput(False, 0.0, 0.0, [], None, 0)
     first = record.first_token_ns
     ttft = (first - record.actual_send_ns) / 1e9
-    itl = [(b - a) / 1e9 for a, b in zip(record.chunk_ns, record.chunk_ns[1:])]
-    return RequestFuncOutput(True, (record.end_ns - record.actual_send_ns) / 1e9, ttft, itl, record.output_tokens,
-                             record.prompt_tokens or 0)
+    itl = [(b - a) / 1e9 for a, b in pairwise(record.chunk_ns)]
+    return RequestFuncOutput(
+        True,
+        (record.end_ns - record.actual_send_ns) / 1e9,
+        ttft,
+        itl,
+        record.output_tokens,
+        record.prompt_tokens or 0,
+    )
 
 
 def recorded() -> list[RequestRecord]:
@@ -296,19 +354,26 @@ def test_the_recorded_requests_are_real_and_varied():
     assert all(r.token_source == "server" for r in records if r.ok)
 
 
-@pytest.mark.parametrize("slo", [Slo(ttft_ms=200.0, tpot_ms=40.0), Slo(e2e_ms=800.0), Slo(ttft_ms=5000.0, e2e_ms=3000.0)])
+@pytest.mark.parametrize(
+    "slo", [Slo(ttft_ms=200.0, tpot_ms=40.0), Slo(e2e_ms=800.0), Slo(ttft_ms=5000.0, e2e_ms=3000.0)]
+)
 @pytest.mark.parametrize("source", ["recorded", "edge_cases"])
 def test_servelab_agrees_with_vllm_bench_serve_on_the_same_requests(source, slo):
     records = recorded() if source == "recorded" else edge_cases()
     summary = summarize(records, slo=slo)
     percentiles = [50.0, 90.0, 95.0, 99.0, 99.9]
-    goodput = {name: limit for name, limit in (("ttft", slo.ttft_ms), ("tpot", slo.tpot_ms), ("e2el", slo.e2e_ms))
-               if limit is not None}
+    goodput = {
+        name: limit
+        for name, limit in (("ttft", slo.ttft_ms), ("tpot", slo.tpot_ms), ("e2el", slo.e2e_ms))
+        if limit is not None
+    }
     checked = 0
     for point_id in sorted({r.point_id for r in records}):
         measured = [r for r in records if r.point_id == point_id and not r.warmup]
         ours = summary[summary.point_id == point_id].set_index(["metric", "stat"]).value
-        theirs = vllm_calculate_metrics([as_vllm_output(r) for r in measured], duration_s(measured), percentiles, goodput)
+        theirs = vllm_calculate_metrics(
+            [as_vllm_output(r) for r in measured], duration_s(measured), percentiles, goodput
+        )
         assert ours["requests", "value"] - ours["errors", "value"] == theirs["completed"]
         assert ours["req_s", "value"] == pytest.approx(theirs["request_throughput"], rel=1e-12)
         assert ours["output_tok_s", "value"] == pytest.approx(theirs["output_throughput"], rel=1e-12)
@@ -319,7 +384,10 @@ def test_servelab_agrees_with_vllm_bench_serve_on_the_same_requests(source, slo)
             assert ours[metric, "p50"] == pytest.approx(theirs[f"median_{name}_ms"], rel=1e-9), metric
             assert ours[metric, "std"] == pytest.approx(theirs[f"std_{name}_ms"], rel=1e-9, abs=1e-12), metric
             for p in percentiles:
-                assert ours[metric, f"p{p:g}"] == pytest.approx(theirs[f"p{p:g}_{name}_ms"], rel=1e-9), (metric, p)
+                assert ours[metric, f"p{p:g}"] == pytest.approx(theirs[f"p{p:g}_{name}_ms"], rel=1e-9), (
+                    metric,
+                    p,
+                )
             checked += 1
     assert checked >= 4
 

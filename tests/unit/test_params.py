@@ -76,3 +76,16 @@ def test_yaml_that_is_not_a_mapping_is_refused(tmp_path):
 def test_a_missing_file_says_where_to_look(tmp_path):
     with pytest.raises(ParamsError, match="no such params file"):
         load_params(tmp_path / "nope.yaml")
+
+
+def test_params_readme_reference_is_what_the_schema_generates_now():
+    from servelab.schema_doc import BEGIN, reference
+
+    text = (REPO / "params" / "README.md").read_text()
+    assert BEGIN in text
+    assert text.split(BEGIN)[1] == reference().split(BEGIN)[1], "run `servelab schema --write params/README.md`"
+
+
+def test_every_committed_params_file_validates():
+    for path in sorted((REPO / "params").glob("*.yaml")):
+        load_params(path)

@@ -112,7 +112,9 @@ def passage_tokenizer(tmp_path_factory) -> JsonTokenizer:
     from tokenizers import Tokenizer, models, pre_tokenizers
 
     vocabulary = sorted({w for p in passages("en") for w in re.findall(r"\w+|[^\w\s]+", p)})
-    tokenizer = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(["[UNK]", *vocabulary])}, unk_token="[UNK]"))
+    tokenizer = Tokenizer(
+        models.WordLevel(vocab={w: i for i, w in enumerate(["[UNK]", *vocabulary])}, unk_token="[UNK]")
+    )
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer.add_special_tokens(["<s>"])
     path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
@@ -131,7 +133,9 @@ def test_random_prompts_with_a_tokenizer_hit_the_target_and_draw_no_special_toke
 
 def test_random_prompts_without_a_tokenizer_are_words_of_the_shipped_passages():
     prompts = random_prompts(4, 40, seed=9)
-    pool = {w.strip(".,;:!?'\"()").lower() for lang in ("en", "es") for p in passages(lang) for w in p.split()}
+    pool = {
+        w.strip(".,;:!?'\"()").lower() for lang in ("en", "es") for p in passages(lang) for w in p.split()
+    }
     for prompt in prompts:
         assert set(prompt.text.split()[:-1]) <= pool
     assert random_prompts(4, 40, seed=9) == prompts
@@ -145,8 +149,13 @@ def _sharegpt(tmp_path, items) -> str:
 
 
 CONVERSATIONS = [
-    {"id": str(i), "conversations": [{"from": "human", "value": f"question number {i} " + "word " * i},
-                                     {"from": "gpt", "value": "answer"}]}
+    {
+        "id": str(i),
+        "conversations": [
+            {"from": "human", "value": f"question number {i} " + "word " * i},
+            {"from": "gpt", "value": "answer"},
+        ],
+    }
     for i in range(1, 21)
 ] + [
     {"id": "no-human", "conversations": [{"from": "gpt", "value": "only an answer here"}]},
@@ -165,13 +174,20 @@ def test_sharegpt_gives_first_human_turns_shuffled_by_the_seed(tmp_path):
 
 
 def test_sharegpt_skips_turns_outside_the_length_bounds(tmp_path):
-    prompts = load_sharegpt(_sharegpt(tmp_path, CONVERSATIONS), 100, seed=0, count_tokens=words, min_tokens=5, max_tokens=10)
+    prompts = load_sharegpt(
+        _sharegpt(tmp_path, CONVERSATIONS), 100, seed=0, count_tokens=words, min_tokens=5, max_tokens=10
+    )
     assert sorted(p.token_count for p in prompts) == [5, 6, 7, 8, 9, 10]
 
 
 @pytest.mark.parametrize(
     ("content", "message"),
-    [(None, "no such file"), ("{not json", "not readable JSON"), ('{"a": 1}', "expected a list"), ("[{}]", "no conversation")],
+    [
+        (None, "no such file"),
+        ("{not json", "not readable JSON"),
+        ('{"a": 1}', "expected a list"),
+        ("[{}]", "no conversation"),
+    ],
 )
 def test_a_bad_sharegpt_file_is_a_params_error_that_says_what_to_do(tmp_path, content, message):
     path = tmp_path / "prompts.json"

@@ -55,7 +55,9 @@ class Tokenize(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         self.server.bodies.append(body)  # type: ignore[attr-defined]
         text = body.get("content", body.get("prompt"))
-        status, answer = (200, {"tokens": list(range(len(text.split())))}) if text != "fail" else (500, {"error": "x"})
+        status, answer = (
+            (200, {"tokens": list(range(len(text.split())))}) if text != "fail" else (500, {"error": "x"})
+        )
         data = json.dumps(answer).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -84,17 +86,39 @@ def test_the_server_tokenizer_asks_llamacpp_without_special_tokens(tokenize_serv
 
 
 def test_the_server_tokenizer_asks_vllm_with_the_model(tokenize_server):
-    counter = ServerTokenizer(f"http://127.0.0.1:{tokenize_server.server_address[1]}", flavour="vllm", model="m")
+    counter = ServerTokenizer(
+        f"http://127.0.0.1:{tokenize_server.server_address[1]}", flavour="vllm", model="m"
+    )
     assert counter.count("a b") == 2
     assert tokenize_server.bodies[-1] == {"prompt": "a b", "add_special_tokens": False, "model": "m"}
     with pytest.raises(RuntimeError, match="HTTP 500"):
         counter.count("fail")
 
 
-def record(index: int, *, server: int | None, chunks: int, tokenizer: int | None = None, ok: bool = True,
-           warmup: bool = False, source: str | None = None) -> RequestRecord:
-    r = RequestRecord("p", index, "d", "f", "m", "en", warmup, 0, chunk_count=chunks, output_tokens=server,
-                      tokenizer_output_tokens=tokenizer, error_class=None if ok else "timeout")
+def record(
+    index: int,
+    *,
+    server: int | None,
+    chunks: int,
+    tokenizer: int | None = None,
+    ok: bool = True,
+    warmup: bool = False,
+    source: str | None = None,
+) -> RequestRecord:
+    r = RequestRecord(
+        "p",
+        index,
+        "d",
+        "f",
+        "m",
+        "en",
+        warmup,
+        0,
+        chunk_count=chunks,
+        output_tokens=server,
+        tokenizer_output_tokens=tokenizer,
+        error_class=None if ok else "timeout",
+    )
     r.token_source = source or ("server" if server is not None else "none")
     return r
 
@@ -120,7 +144,7 @@ def test_flags_name_each_disagreement():
     ]
     flags = flag_token_counts(records, expected_output_tokens=16)
     assert list(flags.columns) == FLAG_COLUMNS
-    found = sorted(zip(flags.request_index, flags.flag))
+    found = sorted(zip(flags.request_index, flags.flag, strict=True))
     assert found == [
         (1, "multi_token_chunks"),
         (2, "chunks_exceed_tokens"),
