@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-
 from servelab.agreement import compare_with_vllm_bench
 from servelab.deploy import stop_on_signals
 from servelab.report import export_report, write_index

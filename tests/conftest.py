@@ -6,7 +6,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from servelab.deploy import Fleet, RunningServer, deploy
 from servelab.params import Params, parse_params
 
@@ -59,7 +58,6 @@ def embedded_server(embedded_fleet: Fleet) -> RunningServer:
 def batch_run(tmp_path_factory: pytest.TempPathFactory):
     """`servelab run` over the four notebooks with tiny params: the run folder and its report."""
     from fixtures_run import write_params
-
     from servelab.run import run
 
     folder = tmp_path_factory.mktemp("batch")

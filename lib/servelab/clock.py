@@ -1,7 +1,7 @@
 """The one clock of a run: CLOCK_MONOTONIC in nanoseconds, shared by every process on the host."""
 
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 
 def now_ns() -> int:
@@ -12,4 +12,4 @@ def now_ns() -> int:
 def wall_anchor() -> dict[str, object]:
     """A pair (monotonic ns, UTC ISO time) taken together, so monotonic stamps can be placed in wall time."""
     monotonic = time.monotonic_ns()
-    return {"monotonic_ns": monotonic, "utc": datetime.now(timezone.utc).isoformat()}
+    return {"monotonic_ns": monotonic, "utc": datetime.now(UTC).isoformat()}

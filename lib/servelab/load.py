@@ -457,10 +457,14 @@ async def find_max_throughput(
     over the previous step, the SLO breaks at `slo_percentile`, errors pass `max_error_rate`, or `max_value`.
 
     The knee is the last step that met the SLO and still paid: on a small gain, the step before it; on a
-    broken SLO, the last step that met it. The client's pool must allow `max_value` connections.
+    broken SLO, the last step that met it. The client's pool must allow `max_value` connections. Each step
+    starts where the previous one stopped in `prompts`, so steps share no prompt (and no prefix cache)
+    while the list is long enough.
     """
     if factor <= 1:
         raise ValueError(f"factor must be above 1, got {factor}")
+    if not prompts:
+        raise ValueError("the search needs prompts to send")
     steps: list[SearchStep] = []
     value = start
     reason = "max_value"
@@ -472,7 +476,9 @@ async def find_max_throughput(
             on_record(record)
 
         point_id = f"{point_id_prefix}-{load_kind}-{value:g}"
-        outcome = await run_point(client, target, prompts, load_kind, value, sweep, point_id, keep)
+        offset = sum(s.outcome.requests + s.outcome.warmup_requests for s in steps) % len(prompts)
+        rotated = prompts[offset:] + prompts[:offset]
+        outcome = await run_point(client, target, rotated, load_kind, value, sweep, point_id, keep)
         step = _step(value, outcome, collected, steps[-1] if steps else None, slo, slo_percentile)
         steps.append(step)
         if outcome.requests and outcome.errors / outcome.requests > max_error_rate:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -83,7 +83,7 @@ class OllamaEngine(Strict):
 
 
 EngineParams = Annotated[
-    Union[LlamaCppEngine, VllmEngine, SglangEngine, OllamaEngine], Field(discriminator="kind")
+    LlamaCppEngine | VllmEngine | SglangEngine | OllamaEngine, Field(discriminator="kind")
 ]
 FRAMEWORKS = ("llamacpp", "vllm", "sglang", "ollama")
 
@@ -147,7 +147,7 @@ class RateLoad(Strict):
         return values
 
 
-LoadParams = Annotated[Union[ConcurrencyLoad, RateLoad], Field(discriminator="kind")]
+LoadParams = Annotated[ConcurrencyLoad | RateLoad, Field(discriminator="kind")]
 
 
 class Sweep(Strict):

@@ -13,9 +13,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+from tqdm.auto import tqdm
 
 from servelab.deploy import stop_on_signals
 from servelab.errors import ServelabError

@@ -10,7 +10,7 @@ import logging
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def new_run_id(params_path: str | Path) -> str:
     """`YYYYMMDD-HHMMSS-<params stem>` in UTC."""
-    return f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{params_stem(params_path)}"
+    return f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{params_stem(params_path)}"
 
 
 def open_run(params_path: str | Path, run_dir: str | Path | None = None, outputs_dir: str | Path = "outputs") -> tuple[Params, Path]:
@@ -128,7 +128,6 @@ def lab(params: Params, run_dir: Path, sample_memory: bool = True) -> Iterator[L
 def _free_memory_check(params: Params) -> deployment_module.FreeMemoryCheck | None:
     """Before each start, refuse when the GPU's free memory cannot hold the next deployment's budget."""
     from servelab.gpu import free_device_mib
-
     from servelab.planner import required_mib
 
     def check(deployment: Any) -> None:

@@ -193,7 +193,7 @@ def run_sweep(params: Params, run_dir: Path, fleet: Fleet, progress: bool = True
             outcomes = run_sync(_run_point(point, params, fleet, writer, params.sweep.seed + 1000 * index))
             writer.sync()
             dead = fleet.dead()
-            for name, outcome in zip(point.deployments, outcomes):
+            for name, outcome in zip(point.deployments, outcomes, strict=True):
                 record = _point_record(point, fleet[name], "done", start)
                 record.end_ns = now_ns()
                 record.requests = outcome.requests

@@ -14,11 +14,9 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-
+from conftest import embedded_params
 from servelab.deploy import attach, deploy, port_is_free
 from servelab.errors import DeployError, EngineError
-
-from conftest import embedded_params
 
 REPO = Path(__file__).resolve().parents[2]
 

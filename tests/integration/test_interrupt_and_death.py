@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 from fixtures_run import write_params
-
 from servelab.records import read_jsonl
 
 REPO = Path(__file__).resolve().parents[2]

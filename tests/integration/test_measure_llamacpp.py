@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-
 from servelab import engine_metrics
 from servelab.clients import Target, make_client, send
 from servelab.load import run_point

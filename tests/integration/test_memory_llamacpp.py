@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import httpx
 import psutil
 import pytest
-from servelab.engines.llamacpp import default_binary, embedded_gguf
+from conftest import embedded_params
+from servelab.deploy import deploy
+from servelab.engines.llamacpp import embedded_gguf
 from servelab.gpu import MemorySampler, PidMap, idle_footprint, load_events, read_samples
 from servelab.params import parse_params
 from servelab.planner import predict
@@ -22,40 +21,14 @@ from servelab.records import GPU_FILE, HOST_MEMORY_FILE
 pytestmark = pytest.mark.engine
 
 
-def _own_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """Start llama-server directly: used only where tests/conftest.py provides no `embedded_server`."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    argv = [str(default_binary()), "--model", str(embedded_gguf()), "--host", "127.0.0.1", "--port", str(port),
-            "--parallel", "2", "--ctx-size", "2048", "--alias", "smollm2", "--no-webui"]
-    log = open(tmp_path_factory.mktemp("llama") / "server.log", "wb")  # noqa: SIM115 - closed below
-    process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(base_url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"llama-server did not become healthy; see {log.name}")
-            time.sleep(0.2)
-        yield SimpleNamespace(name="smollm2", pid=process.pid, base_url=base_url, served_model="smollm2", argv=argv)
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-        log.close()
-
-
 @pytest.fixture(scope="module")
-def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A fresh embedded server of this module's own: the idle footprint must not carry other tests' KV pages."""
+    fleet = deploy(embedded_params(parallel_slots=2), tmp_path_factory.mktemp("memory-server"))
     try:
-        yield request.getfixturevalue("embedded_server")
-    except pytest.FixtureLookupError:
-        yield from _own_server(tmp_path_factory)
+        yield fleet["smollm2"]
+    finally:
+        fleet.close()
 
 
 def _deployment_name(server: Any) -> str:

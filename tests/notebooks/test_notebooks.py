@@ -10,7 +10,6 @@ import nbformat
 import pandas as pd
 import papermill
 import pytest
-
 from servelab.records import read_jsonl
 from servelab.run import NOTEBOOKS, kernel_name
 

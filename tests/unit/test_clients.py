@@ -13,7 +13,6 @@ from itertools import pairwise
 from pathlib import Path
 
 import pytest
-
 from servelab.clients import Target, make_client, request_body, send
 from servelab.params import Deployment, LlamaCppEngine
 from servelab.prompts import Prompt
@@ -47,6 +46,11 @@ class Replay(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length", 0))
         self.server.bodies.append((self.path, json.loads(self.rfile.read(length))))  # type: ignore[attr-defined]
         _, scenario, argument, delay_ms, *_ = self.path.split("/")
+        if getattr(self, "drop_next", False):
+            # Like llama-server after a stream: the connection was kept open but the next request is not answered.
+            self.close_connection = True
+            return
+        self.drop_next = scenario == "dropnext"
         delay = float(delay_ms) / 1000
         if scenario == "status":
             code, name = argument.split(":")
@@ -316,9 +320,35 @@ def test_a_stalled_stream_times_out_and_keeps_what_arrived(replay_server):
     assert record.end_ns > record.chunk_ns[-1]
 
 
-def test_a_reset_mid_stream_is_connection_reset(replay_server):
+def test_a_reset_mid_stream_is_connection_reset_and_not_sent_again(replay_server):
     record = _send(_target(replay_server, "reset/llamacpp_completions.sse/0"))
     assert record.error_class == "connection_reset", record.error_message
+    assert record.retries == 0
+
+
+def test_a_connection_closed_before_any_response_is_retried_on_a_fresh_one(replay_server):
+    target = _target(replay_server, "dropnext/llamacpp_completions.sse/0")
+
+    async def go() -> list[RequestRecord]:
+        async with make_client(1) as client:
+            return [
+                await send(
+                    client,
+                    target,
+                    PROMPT,
+                    api="completions",
+                    output_tokens=8,
+                    ignore_eos=True,
+                    timeout_s=10,
+                    record=_record(i),
+                )
+                for i in range(3)
+            ]
+
+    first, second, third = asyncio.run(go())
+    assert first.ok and second.ok and third.ok, [r.error_message for r in (first, second, third)]
+    assert (first.retries, second.retries, third.retries) == (0, 1, 1)
+    assert second.output_tokens == 8
 
 
 def test_a_body_cut_short_is_connection_reset(replay_server):

@@ -15,7 +15,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from itertools import pairwise
 
 import pytest
-
 from servelab.clients import Target
 from servelab.clock import now_ns
 from servelab.load import (
@@ -322,13 +321,13 @@ def test_a_point_needs_prompts():
 
 
 # ------------------------------------------------------------------------------------------ max throughput
-def _search(target: Target, **kwargs):
+def _search(target: Target, prompts: list[Prompt] = PROMPTS, **kwargs):
     sweep = _sweep(ConcurrencyLoad(values=(1,)), requests_per_point=6, warmup_requests=0)
     seen: list[RequestRecord] = []
 
     async def go():
         async with make_client(16) as client:
-            return await find_max_throughput(client, target, PROMPTS, sweep, seen.append, **kwargs)
+            return await find_max_throughput(client, target, prompts, sweep, seen.append, **kwargs)
 
     return asyncio.run(go()), seen
 
@@ -356,3 +355,11 @@ def test_the_search_ends_at_max_value_while_every_step_pays(streamer):
     assert [s.load_value for s in search.steps] == [1, 2, 4]
     assert search.knee is search.steps[-1]
     assert all(s.output_tokens_per_s > 0 for s in search.steps)
+
+
+def test_search_steps_send_different_prompts(streamer):
+    prompts = [Prompt("x" * n, "en", n) for n in range(1, 65)]  # a prompt's length names it
+    search, seen = _search(_target(streamer, "parallel/1/1"), prompts, max_value=4, min_gain=-math.inf)
+    used = [{r.prompt_chars for r in seen if r.point_id == f"search-concurrency-{v}"} for v in (1, 2, 4)]
+    assert [len(u) for u in used] == [6, 6, 6]
+    assert not (used[0] & used[1] or used[1] & used[2] or used[0] & used[2])

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from servelab.metrics import (
     DISTRIBUTION_STATS,
     SUMMARY_COLUMNS,

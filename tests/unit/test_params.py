@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import pytest
-
 from servelab.errors import ParamsError
 from servelab.params import load_params
 

@@ -6,7 +6,6 @@ import json
 import re
 
 import pytest
-
 from servelab.errors import ParamsError
 from servelab.params import LANGUAGES, ConcurrencyLoad, Sweep
 from servelab.prompts import (

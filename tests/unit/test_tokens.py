@@ -8,7 +8,6 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-
 from servelab.records import RequestRecord
 from servelab.tokens import (
     FLAG_COLUMNS,
