@@ -13,7 +13,7 @@ import json
 import math
 import random
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -269,8 +269,3 @@ def build_prompts(
             count, sweep.input_tokens, seed, tokenizer=tokenizer, count_tokens=count_tokens, salt=salt
         )
     return compose_prompts(language, count, sweep.input_tokens, seed, count_tokens=count_tokens, salt=salt)
-
-
-def cycle(prompts: Sequence[Prompt], index: int) -> Prompt:
-    """The prompt of request `index`; prompts repeat when a point sends more requests than there are prompts."""
-    return prompts[index % len(prompts)]

@@ -130,6 +130,16 @@ def _max_concurrency(point: LoadPoint, params: Params) -> int:
     return 1024
 
 
+def prompt_count(point: LoadPoint, params: Params) -> int:
+    """Distinct prompts for one point: one per request where the count is known, else enough that a server's
+    prefix cache rarely sees a prompt twice within a timed point."""
+    if params.sweep.duration_s is None:
+        return int(params.sweep.requests_per_point or 1)
+    if point.load_kind == "concurrency":
+        return max(64, int(point.load_value) * 16)
+    return max(64, int(point.load_value * params.sweep.duration_s * 1.25))
+
+
 async def _run_point(
     point: LoadPoint, params: Params, fleet: Fleet, writer: JsonlWriter, point_seed: int
 ) -> list[load_module.PointOutcome]:
@@ -137,8 +147,8 @@ async def _run_point(
     connections = _max_concurrency(point, params) * len(servers)
     async with load_module.make_client(connections) as client:
         jobs = []
+        count = prompt_count(point, params) + params.sweep.warmup_requests
         for offset, server in enumerate(servers):
-            count = (params.sweep.requests_per_point or 64) + params.sweep.warmup_requests
             prompts = build_prompts(
                 params.sweep, point.language, count=count, seed=point_seed + offset, prompts_file=params.sweep.prompts_file
             )

@@ -11,6 +11,7 @@ import asyncio
 import pytest
 from servelab import engine_metrics
 from servelab.clients import Target, make_client, send
+from servelab.clock import now_ns
 from servelab.load import run_point
 from servelab.metrics import duration_s, output_tokens_per_s, summarize
 from servelab.params import ConcurrencyLoad, RateLoad, Sweep
@@ -113,20 +114,23 @@ def test_output_tok_s_agrees_with_the_engines_own_counter(target, embedded_serve
 
     async def go():
         async with make_client(2) as client:
-            # The engine's window: its counter read just before the point and just after it.
+            # The engine's window: from when its counter was read before the point (nothing is generating
+            # then) to just before it is read after the point.
             before = engine_metrics.snapshot(embedded_server.base_url)
+            start_ns = now_ns()
             outcome = await run_point(
                 client, target, prompts, "concurrency", 2, sweep, "it/agreement", records.append
             )
-            return before, outcome, engine_metrics.snapshot(embedded_server.base_url)
+            return before, start_ns, outcome, engine_metrics.snapshot(embedded_server.base_url)
 
-    before, outcome, after = asyncio.run(go())
+    before, start_ns, outcome, after = asyncio.run(go())
     assert (outcome.requests, outcome.errors) == (8, 0), [r.error_message for r in records if not r.ok]
     # Token for token: the usage of every response adds up to what the engine counted in the window.
-    assert sum(r.output_tokens for r in records) == after.generated_tokens - before.generated_tokens == 8 * 32
+    engine_tokens = after.generated_tokens - before.generated_tokens
+    assert sum(r.output_tokens for r in records) == engine_tokens == 8 * 32
     assert all(r.server_timings["predicted_n"] == r.output_tokens for r in records)
     ours = output_tokens_per_s(records, duration_s(records))
-    engine = engine_metrics.server_output_tok_s(before, after)
+    engine = engine_tokens / ((after.t_ns - start_ns) / 1e9)
     assert ours == pytest.approx(engine, rel=0.03)
     summary = summarize(records).set_index(["metric", "stat"]).value
     assert summary["output_tok_s", "value"] == pytest.approx(ours)

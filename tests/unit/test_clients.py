@@ -467,13 +467,6 @@ def test_make_client_refuses_an_empty_pool():
         make_client(0)
 
 
-def test_make_client_ignores_proxy_settings_from_the_environment(monkeypatch):
-    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
-    client = make_client(2)
-    assert client._trust_env is False
-    asyncio.run(client.aclose())
-
-
 def test_target_for_a_deployment_names_the_model_as_the_adapter_serves_it():
     deployment = Deployment(name="small", model="smollm2", engine=LlamaCppEngine())
     target = Target.for_deployment(deployment, "http://127.0.0.1:8080/")
