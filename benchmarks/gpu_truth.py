@@ -41,6 +41,10 @@ def main() -> int:
                 continue
             print(f"executing {name}", flush=True)
             execute_notebook(name, run_dir, Path(args.params), Path(args.outputs))
+        # A first report before the comparison, so a session cut short still brings one back.
+        execute_notebook("04_report", run_dir, Path(args.params), Path(args.outputs))
+        export_report(run_dir)
+        print("first report written", flush=True)
         server = current.fleet[args.bench or params.deployments[0].name]
         print(f"comparing with vllm bench serve on {server.name}", flush=True)
         agreement = compare_with_vllm_bench(server, params.sweep, args.concurrency, run_dir, python=sys.executable)

@@ -2,6 +2,9 @@
 on, interleaved in one run, as % of one core. Also the cost of single NVML reads where NVML is present.
 
     .venv/bin/python benchmarks/nvml_overhead.py [--hz 100] [--window-s 5] [--rounds 3] [--json out.json]
+        [--variants 50:0.1:0.2 10:0.5:1]   process listings per second : energy every s : utilization every s
+
+Each variant is measured in the same interleaved rounds, so their figures compare side by side.
 
 Without NVML (a CPU machine) it says so and measures the host-RSS fallback instead.
 """
@@ -76,6 +79,17 @@ def nvml_call_costs(device_index: int, calls: int = 2000) -> dict[str, float]:
         reader.close()
 
 
+def _variant(name: str) -> dict[str, float]:
+    """'default', or PROCESS_HZ:ENERGY_EVERY_S:UTILIZATION_EVERY_S as MemorySampler keyword arguments."""
+    if name == "default":
+        return {}
+    try:
+        process_hz, energy_every_s, utilization_every_s = (float(part) for part in name.split(":"))
+    except ValueError:
+        raise SystemExit(f"--variants {name!r}: expected 'default' or PROCESS_HZ:ENERGY_EVERY_S:UTILIZATION_EVERY_S, e.g. 10:0.5:1") from None
+    return {"process_hz": process_hz, "energy_every_s": energy_every_s, "utilization_every_s": utilization_every_s}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hz", type=float, default=100.0)
@@ -83,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--device-index", type=int, default=0)
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--variants", nargs="+", default=["default"],
+                        help="PROCESS_HZ:ENERGY_EVERY_S:UTILIZATION_EVERY_S per variant; 'default' is the sampler's defaults")
     args = parser.parse_args(argv)
 
     has_nvml = nvml_available()
@@ -92,36 +108,39 @@ def main(argv: list[str] | None = None) -> int:
         print(f"NVML: ABSENT on this machine; measuring the host_rss fallback at {args.hz:g} Hz instead (no GPU numbers)")
     pid_map = PidMap()
     pid_map.add("this-benchmark", os.getpid())
+    variants = {name: _variant(name) for name in args.variants}
     rows = []
     with tempfile.TemporaryDirectory() as run_dir:
         for round_index in range(args.rounds):
-            for sampling in (False, True):
-                sampler = MemorySampler(Path(run_dir) / f"r{round_index}", sample_hz=args.hz, device_index=args.device_index,
-                                        attribution=pid_map) if sampling else None
-                rows.append({"round": round_index} | window(args.window_s, sampler))
+            rows.append({"round": round_index, "variant": "-"} | window(args.window_s, None))
+            for name, settings in variants.items():
+                sampler = MemorySampler(Path(run_dir) / f"r{round_index}-{len(rows)}", sample_hz=args.hz,
+                                        device_index=args.device_index, attribution=pid_map, **settings)
+                rows.append({"round": round_index, "variant": name} | window(args.window_s, sampler))
     off = [r["cpu_pct_of_core"] for r in rows if r["sampler"] == "off"]
-    on = [r for r in rows if r["sampler"] == "on"]
-    result: dict[str, Any] = {
-        "nvml": has_nvml,
-        "mode": on[0]["mode"] if on else None,
-        "hz": args.hz,
-        "cores": psutil.cpu_count(),
-        "windows": rows,
-        "off_cpu_pct_of_core": sum(off) / len(off),
-        "on_cpu_pct_of_core": sum(r["cpu_pct_of_core"] for r in on) / len(on),
-        "sampler_thread_pct_of_core": sum(r["sampler_thread_pct_of_core"] for r in on) / len(on),
-    }
-    result["overhead_pct_of_core"] = result["on_cpu_pct_of_core"] - result["off_cpu_pct_of_core"]
+    off_mean = sum(off) / len(off)
+    result: dict[str, Any] = {"nvml": has_nvml, "hz": args.hz, "cores": psutil.cpu_count(), "windows": rows,
+                              "off_cpu_pct_of_core": off_mean, "variants": {}}
+    for name in variants:
+        on = [r for r in rows if r["variant"] == name]
+        on_mean = sum(r["cpu_pct_of_core"] for r in on) / len(on)
+        result["variants"][name] = {
+            "mode": on[0]["mode"],
+            "on_cpu_pct_of_core": on_mean,
+            "overhead_pct_of_core": on_mean - off_mean,
+            "sampler_thread_pct_of_core": sum(r["sampler_thread_pct_of_core"] for r in on) / len(on),
+        }
     if has_nvml:
         result |= nvml_call_costs(args.device_index)
 
-    print(f"{'round':>5} {'sampler':>7} {'wall s':>7} {'CPU % of core':>13} {'thread %':>8} {'ticks':>6} {'Hz':>7} {'missed':>6} {'late ms':>8}")
+    print(f"{'round':>5} {'variant':>14} {'wall s':>7} {'CPU % of core':>13} {'thread %':>8} {'ticks':>6} {'Hz':>7} {'missed':>6} {'late ms':>8}")
     for r in rows:
-        print(f"{r['round']:>5} {r['sampler']:>7} {r['wall_s']:>7.2f} {r['cpu_pct_of_core']:>13.2f} {r['sampler_thread_pct_of_core']:>8.2f} "
+        print(f"{r['round']:>5} {r['variant']:>14} {r['wall_s']:>7.2f} {r['cpu_pct_of_core']:>13.2f} {r['sampler_thread_pct_of_core']:>8.2f} "
               f"{r.get('ticks', ''):>6} {r.get('achieved_hz', 0):>7.1f} {r.get('missed_ticks', ''):>6} {r.get('max_lateness_ms', 0):>8.2f}")
-    print(f"sampler ({result['mode']}) at {args.hz:g} Hz costs {result['overhead_pct_of_core']:.2f} % of one core "
-          f"(process {result['off_cpu_pct_of_core']:.2f} % off, {result['on_cpu_pct_of_core']:.2f} % on; "
-          f"sampler thread alone {result['sampler_thread_pct_of_core']:.2f} %)")
+    for name, figures in result["variants"].items():
+        print(f"sampler ({figures['mode']}, {name}) at {args.hz:g} Hz costs {figures['overhead_pct_of_core']:.2f} % of one core "
+              f"(process {off_mean:.2f} % off, {figures['on_cpu_pct_of_core']:.2f} % on; "
+              f"sampler thread alone {figures['sampler_thread_pct_of_core']:.2f} %)")
     if has_nvml:
         print(f"one device reading {result['device_read_us']:.1f} us, one process listing {result['process_listing_us']:.1f} us")
     if args.json:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -23,6 +24,13 @@ def _run(args: argparse.Namespace) -> int:
     result = run(args.params, outputs_dir=args.outputs, resume=args.resume)
     print(f"run folder: {result.run_dir}")
     print(f"report: {result.report}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from servelab.run import reanalyse
+
+    print(f"report: {reanalyse(Path(args.run_dir), Path(args.outputs))}")
     return 0
 
 
@@ -47,14 +55,45 @@ def _compose(args: argparse.Namespace) -> int:
 def _compare(args: argparse.Namespace) -> int:
     from servelab.compare import compare_runs
 
-    print(compare_runs([Path(r) if Path(r).is_dir() else Path(args.outputs) / r for r in args.runs]).to_string())
+    if len(args.runs) < 2:
+        raise ServelabError(f"compare needs two runs or more, got {len(args.runs)}: servelab compare RUN RUN [RUN ...]")
+    # A run is a folder, a summary.csv or a result file given by path, or a run id under --outputs.
+    runs = [Path(r) if Path(r).exists() else Path(args.outputs) / r for r in args.runs]
+    print(compare_runs(runs).to_string())
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from servelab.interop import export_vllm_bench
+
+    run_dir = Path(args.run) if Path(args.run).exists() else Path(args.outputs) / args.run
+    out = Path(args.out) if args.out else run_dir / "vllm-bench-format"
+    written = export_vllm_bench(run_dir, out)
+    print(f"{len(written)} load point(s) written as `vllm bench serve` result JSON to {out}")
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from servelab.interop import import_results
+
+    frames = [
+        import_results(Path(path), deployment=args.deployment, framework=args.framework, model=args.model, language=args.language)
+        for path in args.files
+    ]
+    table = pd.concat(frames, ignore_index=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(args.out, index=False)
+    print(f"{len(table)} rows from {len(args.files)} file(s) written to {args.out}; `servelab compare {args.out} RUN` sets it beside a run")
     return 0
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from servelab.calibrate import calibrate, format_calibration
+    from servelab.calibrate import CACHE_FILE, calibrate, format_calibration
 
     print(format_calibration(calibrate(cores=args.cores, quick=args.quick)))
+    print(f"saved to {CACHE_FILE}; new runs on this host record it in manifest.json")
     return 0
 
 
@@ -89,6 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true", help="print the grid and an estimated duration, run nothing")
     run.set_defaults(handler=_run)
 
+    report = commands.add_parser(
+        "report", help="analyse a recorded run folder again (memory and report notebooks) and export its HTML; starts nothing"
+    )
+    report.add_argument("run_dir", help="outputs/<run-id>, e.g. a run brought back from a GPU machine")
+    report.add_argument("--outputs", default="outputs")
+    report.set_defaults(handler=_report)
+
     validate = commands.add_parser("validate", help="check params files against the schema")
     validate.add_argument("params", nargs="+")
     validate.set_defaults(handler=_validate)
@@ -98,14 +144,27 @@ def build_parser() -> argparse.ArgumentParser:
     compose.add_argument("--out", default="compose")
     compose.set_defaults(handler=_compose)
 
-    compare = commands.add_parser("compare", help="put runs side by side")
-    compare.add_argument("runs", nargs=2, metavar="RUN")
+    compare = commands.add_parser("compare", help="put runs side by side (run folders, run ids, summary.csv, or vllm bench / GuideLLM JSON)")
+    compare.add_argument("runs", nargs="+", metavar="RUN")
     compare.add_argument("--outputs", default="outputs")
     compare.set_defaults(handler=_compare)
 
+    export = commands.add_parser("export", help="write a run's load points as `vllm bench serve` result JSON")
+    export.add_argument("run", metavar="RUN", help="a run folder or run id")
+    export.add_argument("--out", help="folder to write to (default: RUN/vllm-bench-format)")
+    export.add_argument("--outputs", default="outputs")
+    export.set_defaults(handler=_export)
+
+    importer = commands.add_parser("import", help="read `vllm bench serve` or GuideLLM results into servelab's summary table")
+    importer.add_argument("files", nargs="+", metavar="FILE")
+    importer.add_argument("--out", required=True, help="the summary CSV to write")
+    for key in ("deployment", "framework", "model", "language"):
+        importer.add_argument(f"--{key}", help=f"set {key} for every point, over what the files say")
+    importer.set_defaults(handler=_import)
+
     calibrate = commands.add_parser("calibrate", help="measure this client's ceiling against the reference emitter")
-    calibrate.add_argument("--cores", type=int, default=1)
-    calibrate.add_argument("--quick", action="store_true")
+    calibrate.add_argument("--cores", type=int, default=1, help="CPUs the client is pinned to (default 1)")
+    calibrate.add_argument("--quick", action="store_true", help="fewer, shorter levels: about 15 s instead of a minute")
     calibrate.set_defaults(handler=_calibrate)
 
     schema = commands.add_parser("schema", help="print the params reference generated from the schema")
@@ -136,6 +195,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("servelab: interrupted; completed requests are on disk, continue with --resume RUN_ID", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`servelab compare A B | head`): not an error of ours, and nothing left to say.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

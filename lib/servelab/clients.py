@@ -13,15 +13,23 @@ it carried gets that stamp: two events in one read reached us together, and the 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
-import socket
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-import httpx
-
 from servelab.clock import now_ns
+from servelab.http11 import (
+    ClosedBeforeResponse,
+    ConnectFailed,
+    ConnectionLost,
+    HttpError,
+    ProtocolViolation,
+    StreamClient,
+    Url,
+    request_bytes,
+)
 from servelab.records import RequestRecord
 
 if TYPE_CHECKING:
@@ -79,21 +87,22 @@ class TokenCounter(Protocol):
     async def count_async(self, text: str) -> int: ...
 
 
-def make_client(max_connections: int, *, timeout_s: float = 120.0) -> httpx.AsyncClient:
-    """One pooled HTTP/1.1 client for a whole run; size `max_connections` to the highest concurrency."""
-    if max_connections < 1:
-        raise ValueError(f"max_connections must be at least 1, got {max_connections}")
-    limits = httpx.Limits(
-        max_connections=max_connections, max_keepalive_connections=max_connections, keepalive_expiry=60.0
-    )
-    # TCP_NODELAY: the request's headers and body are separate writes; Nagle would hold the body back.
-    # The receive buffer is left to the kernel's autotuning (setting SO_RCVBUF would switch it off), and
-    # each network read hands httpcore up to 64 KiB, which `send` consumes without re-chunking.
-    transport = httpx.AsyncHTTPTransport(
-        limits=limits, retries=0, socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
-    )
-    # trust_env=False: a proxy from the environment would sit inside every latency we measure.
-    return httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(timeout_s), trust_env=False)
+Transport = Literal["http11", "httpx"]
+
+
+def make_client(max_connections: int, *, timeout_s: float = 120.0, transport: Transport = "http11") -> StreamClient:
+    """One pool of keep-alive HTTP/1.1 connections for a whole run; size `max_connections` to the highest
+    concurrency. `timeout_s` bounds opening a connection; each request has its own overall deadline.
+
+    `transport`: 'http11' (servelab.http11, the default: a third of httpx's CPU per streamed chunk) or 'httpx'
+    (servelab.httpx_stream), with the same contract, for side-by-side checks."""
+    if transport == "httpx":
+        from servelab.httpx_stream import HttpxStreamClient
+
+        return HttpxStreamClient(max_connections, connect_timeout_s=timeout_s)  # type: ignore[return-value]
+    if transport != "http11":
+        raise ValueError(f"transport must be 'http11' or 'httpx', got {transport!r}")
+    return StreamClient(max_connections, connect_timeout_s=timeout_s)
 
 
 def request_body(
@@ -196,6 +205,10 @@ class _Stream:
         raise NotImplementedError
 
 
+_decode_json = json.JSONDecoder().decode
+"""json.loads less its bytes-encoding detection: the slow path of every event."""
+
+
 class _SseStream(_Stream):
     """OpenAI-style server-sent events; `data:` lines of one event are joined, a blank line ends it."""
 
@@ -228,7 +241,7 @@ class _SseStream(_Stream):
             self.done = True
             return
         try:
-            event = json.loads(payload)
+            event = _decode_json(payload.decode("utf-8"))
         except ValueError:
             raise _StreamError("protocol", f"event is not JSON: {payload[:200]!r}") from None
         if not isinstance(event, dict):
@@ -321,43 +334,29 @@ def _fail(record: RequestRecord, error_class: str, message: str) -> None:
         record.end_ns = now_ns()
 
 
-def _class_of_transport_error(error: httpx.HTTPError) -> str:
-    if isinstance(error, httpx.ConnectTimeout | httpx.ConnectError):
+def _class_of_transport_error(error: HttpError) -> str:
+    if isinstance(error, ConnectFailed):
         return "connect"
-    if isinstance(error, httpx.TimeoutException):
-        return "timeout"
-    if isinstance(error, httpx.ReadError | httpx.WriteError):
+    if isinstance(error, ConnectionLost | ClosedBeforeResponse):
         return "connection_reset"
-    if isinstance(error, httpx.RemoteProtocolError):
-        text = str(error).lower()
-        if "closed" in text or "disconnected" in text or "incomplete" in text:
-            return "connection_reset"
+    if isinstance(error, ProtocolViolation):
         return "protocol"
     return "other"
 
 
-async def _exchange(
-    client: httpx.AsyncClient,
-    url: str,
-    content: bytes,
-    headers: dict[str, str],
-    timeout_s: float,
-    stream: _Stream,
-) -> None:
+async def _exchange(client: StreamClient, url: Url, request: bytes, stream: _Stream) -> None:
     record = stream.record
+
+    def on_head(status: int) -> None:
+        record.http_status = status
+
     record.actual_send_ns = now_ns()
-    async with client.stream("POST", url, content=content, headers=headers, timeout=timeout_s) as response:
-        record.http_status = response.status_code
-        if response.status_code != 200:
-            body = await response.aread()
-            record.end_ns = now_ns()
-            text = body[:ERROR_BODY_CHARS].decode("utf-8", errors="replace")
-            raise _StreamError(_class_of_status(response.status_code), f"HTTP {response.status_code}: {text}")
-        feed = stream.feed
-        async for data in response.aiter_bytes():
-            feed(data, now_ns())
-        record.end_ns = now_ns()
-        stream.close(record.end_ns)
+    response = await client.post(url, request, stream.feed, on_head=on_head, error_limit=ERROR_BODY_CHARS)
+    record.end_ns = response.end_ns
+    if response.status != 200:
+        text = response.error_body.decode("utf-8", errors="replace")
+        raise _StreamError(_class_of_status(response.status), f"HTTP {response.status}: {text}")
+    stream.close(record.end_ns)
     stream.check_complete()
 
 
@@ -365,7 +364,7 @@ MAX_RETRIES = 2
 
 
 async def _within(coroutine: Coroutine[Any, Any, None], timeout_s: float) -> None:
-    """Run `coroutine` under one overall deadline (httpx's own timeouts are per read, not per request)."""
+    """Run `coroutine` under one overall deadline, connecting and waiting for a free connection included."""
     if hasattr(asyncio, "timeout"):  # Python 3.11+: no extra task per request
         async with asyncio.timeout(timeout_s):
             await coroutine
@@ -373,14 +372,7 @@ async def _within(coroutine: Coroutine[Any, Any, None], timeout_s: float) -> Non
         await asyncio.wait_for(coroutine, timeout_s)
 
 
-async def _attempts(
-    client: httpx.AsyncClient,
-    url: str,
-    content: bytes,
-    headers: dict[str, str],
-    timeout_s: float,
-    stream: _Stream,
-) -> None:
+async def _attempts(client: StreamClient, url: Url, request: bytes, stream: _Stream) -> None:
     """Send, and send again while the connection closed before any response byte.
 
     Servers may close a keep-alive connection after a streamed response without `Connection: close`
@@ -391,10 +383,10 @@ async def _attempts(
     record = stream.record
     while True:
         try:
-            await _exchange(client, url, content, headers, timeout_s, stream)
+            await _exchange(client, url, request, stream)
             return
-        except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError):
-            if record.http_status is not None or record.retries >= MAX_RETRIES:
+        except ClosedBeforeResponse:
+            if record.retries >= MAX_RETRIES:
                 raise
             record.retries += 1
 
@@ -413,8 +405,13 @@ HEADERS = {
 }
 
 
+@functools.lru_cache(maxsize=256)
+def _url(base_url: str, path: str) -> Url:
+    return Url.parse(base_url + path)
+
+
 async def send(
-    client: httpx.AsyncClient,
+    client: StreamClient,
     target: Target,
     prompt: Prompt,
     *,
@@ -431,26 +428,22 @@ async def send(
     else the number of content chunks (`token_source` says which). Cancellation is recorded as
     'cancelled' and then re-raised, as asyncio requires.
     """
-    path = PATHS[(target.api_flavour, api)]
+    url = _url(target.base_url, PATHS[(target.api_flavour, api)])
     body = request_body(target, prompt.text, api=api, output_tokens=output_tokens, ignore_eos=ignore_eos)
     content = json.dumps(body, ensure_ascii=False).encode("utf-8")
+    request = request_bytes(url, HEADERS[target.api_flavour], content)
     record.prompt_chars = len(prompt.text)
     keep_text = token_counter is not None
     stream: _Stream = (
         _SseStream(record, keep_text) if target.api_flavour == "openai" else _NdjsonStream(record, keep_text)
     )
     try:
-        await _within(
-            _attempts(
-                client, target.base_url + path, content, HEADERS[target.api_flavour], timeout_s, stream
-            ),
-            timeout_s,
-        )
+        await _within(_attempts(client, url, request, stream), timeout_s)
     except _StreamError as error:
         _fail(record, error.error_class, str(error))
     except _TIMEOUTS:
         _fail(record, "timeout", f"no complete response within {timeout_s:g} s")
-    except httpx.HTTPError as error:
+    except HttpError as error:
         _fail(record, _class_of_transport_error(error), f"{type(error).__name__}: {error}")
     except asyncio.CancelledError:
         _fail(record, "cancelled", "the request was cancelled before it completed")

@@ -28,6 +28,7 @@ import psutil
 from servelab.clock import now_ns
 from servelab.engines import EngineAdapter, adapter_for
 from servelab.errors import DeployError, EngineError
+from servelab.manifest import redact_file
 from servelab.params import Deployment, Params
 
 log = logging.getLogger(__name__)
@@ -211,6 +212,8 @@ class Fleet:
             if process.poll() is None:
                 stop_process_group(process.pid)
             process.wait(timeout=10)
+        for server in self.servers.values():
+            redact_file(Path(server.log_path))
         self.servers.clear()
         self._processes.clear()
         (self.run_dir / STATE_FILE).unlink(missing_ok=True)
@@ -233,8 +236,13 @@ def _model_for(adapter: EngineAdapter, deployment: Deployment, run_dir: Path) ->
     return adapter.model_path(deployment)
 
 
-def start_server(deployment: Deployment, run_dir: Path, fleet: Fleet) -> RunningServer:
-    """Launch one server, wait for health, and add it to `fleet` (so it is stopped even if it never got healthy)."""
+def start_server(
+    deployment: Deployment, run_dir: Path, fleet: Fleet, on_launched: Callable[[str, int], None] | None = None
+) -> RunningServer:
+    """Launch one server, wait for health, and add it to `fleet` (so it is stopped even if it never got healthy).
+
+    `on_launched(name, pid)` is called the moment the process exists, before health: an engine takes its GPU
+    memory while it starts, and the memory sampler must know whose it is from then on."""
     adapter = adapter_for(deployment)
     if deployment.port is not None and not port_is_free(deployment.port):
         raise DeployError(
@@ -265,6 +273,8 @@ def start_server(deployment: Deployment, run_dir: Path, fleet: Fleet) -> Running
         except OSError as error:
             raise DeployError(f"{deployment.name}: cannot run {spec.argv[0]}: {error.strerror}") from None
     fleet._processes[deployment.name] = process
+    if on_launched is not None:
+        on_launched(deployment.name, process.pid)
     _wait_healthy(adapter, deployment, process, base_url, log_path)
     server = RunningServer(
         name=deployment.name,
@@ -313,18 +323,17 @@ def deploy(
     params: Params,
     run_dir: Path,
     check_free_memory: FreeMemoryCheck | None = None,
-    on_started: Callable[[RunningServer], None] | None = None,
+    on_launched: Callable[[str, int], None] | None = None,
 ) -> Fleet:
-    """Start every deployment, smallest first; on any failure stop what was started and raise."""
+    """Start every deployment, smallest first; on any failure stop what was started and raise.
+    `on_launched(name, pid)` is called as each server's process starts (see `start_server`)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     fleet = Fleet(run_dir=run_dir)
     try:
         for deployment in start_order(params.deployments):
             if check_free_memory is not None:
                 check_free_memory(deployment)
-            server = start_server(deployment, run_dir, fleet)
-            if on_started is not None:
-                on_started(server)
+            start_server(deployment, run_dir, fleet, on_launched)
     except BaseException:
         fleet.close()
         raise

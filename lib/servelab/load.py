@@ -14,16 +14,17 @@ import asyncio
 import logging
 import math
 import random
+import resource
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-import httpx
 import numpy as np
 
 from servelab import metrics
 from servelab.clients import Target, TokenCounter, make_client, send
 from servelab.clock import now_ns
 from servelab.errors import ClientCapacityError
+from servelab.http11 import StreamClient
 from servelab.params import ConcurrencyLoad, LoadParams, RateLoad, Sweep
 from servelab.prompts import Prompt
 from servelab.records import RequestRecord
@@ -33,6 +34,7 @@ __all__ = [
     "SearchStep",
     "ThroughputSearch",
     "arrival_offsets_ns",
+    "ensure_file_descriptors",
     "find_max_throughput",
     "make_client",
     "run_point",
@@ -54,6 +56,35 @@ SPIN_NS = 200_000
 START_LEAD_NS = 2_000_000
 """The anchor is this far ahead of the moment the schedule is ready, so the first arrival is not born late."""
 MAX_SCHEDULED_ARRIVALS = 10_000_000
+FD_HEADROOM = 64
+"""Open files kept free beyond one socket per connection: the run's files, logs, the event loop, libraries."""
+
+
+def ensure_file_descriptors(connections: int) -> int:
+    """Make room for `connections` sockets before a point starts: raise the soft RLIMIT_NOFILE up to the hard
+    limit when it is short, and return the soft limit in force. Raises ClientCapacityError when even the hard
+    limit is short, so that a run is refused at its start instead of failing with EMFILE half-way through."""
+    needed = connections + FD_HEADROOM
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return soft
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        raise ClientCapacityError(
+            f"{connections:,} concurrent connections need about {needed:,} open files, but this process may open "
+            f"at most {hard:,} (the hard RLIMIT_NOFILE); raise it (`ulimit -Hn {needed}` as root, docker "
+            f"`--ulimit nofile={needed}:{needed}`, systemd LimitNOFILE={needed}) or lower the sweep's concurrency "
+            f"or max_concurrency"
+        )
+    raised = hard if hard != resource.RLIM_INFINITY else needed
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+    except (ValueError, OSError) as error:
+        raise ClientCapacityError(
+            f"{connections:,} concurrent connections need about {needed:,} open files; the soft RLIMIT_NOFILE is "
+            f"{soft:,} and raising it to {raised:,} failed ({error}); raise it with `ulimit -n {needed}` first"
+        ) from None
+    log.info("raised the open-file limit from %d to %d for %d connections", soft, raised, connections)
+    return raised
 
 
 @dataclass(slots=True)
@@ -162,7 +193,7 @@ def load_params_for(sweep: Sweep, load_kind: str, load_value: float) -> LoadPara
 class _Point:
     """The mutable state of one running point."""
 
-    client: httpx.AsyncClient
+    client: StreamClient
     target: Target
     prompts: Sequence[Prompt]
     sweep: Sweep
@@ -301,7 +332,7 @@ async def _open_loop(point: _Point, offsets: list[int], anchor: int, max_concurr
 
 
 async def run_point(
-    client: httpx.AsyncClient,
+    client: StreamClient,
     target: Target,
     prompts: list[Prompt],
     load_kind: str,
@@ -437,7 +468,7 @@ def _step(
 
 
 async def find_max_throughput(
-    client: httpx.AsyncClient,
+    client: StreamClient,
     target: Target,
     prompts: list[Prompt],
     sweep: Sweep,

@@ -15,6 +15,7 @@ from typing import Any
 import psutil
 
 from servelab.clock import wall_anchor
+from servelab.errors import OutputsError
 from servelab.params import Params
 from servelab.records import MANIFEST_FILE, SCHEMA_VERSION
 
@@ -37,6 +38,22 @@ def redact(text: str, secrets: list[str] | None = None) -> str:
     for value in secrets if secrets is not None else secret_values():
         text = text.replace(value, REDACTED)
     return text
+
+
+def redact_file(path: Path, secrets: list[str] | None = None) -> bool:
+    """Rewrite `path` (an engine log, an executed notebook) with every secret value of the environment replaced;
+    True when it held one. Engines write their own logs, so this is how a key they print is taken out."""
+    values = secrets if secrets is not None else secret_values()
+    try:
+        text = path.read_bytes().decode("utf-8", errors="surrogateescape")
+    except OSError:
+        return False
+    if not any(value in text for value in values):
+        return False
+    temporary = path.with_name(path.name + ".redacting")
+    temporary.write_bytes(redact(text, values).encode("utf-8", errors="surrogateescape"))
+    os.replace(temporary, path)
+    return True
 
 
 def package_versions() -> dict[str, str]:
@@ -124,8 +141,14 @@ def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
     """Write atomically, with every secret value of the environment redacted."""
     text = redact(json.dumps(manifest, indent=2, ensure_ascii=False, default=str))
     temporary = run_dir / (MANIFEST_FILE + ".tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, run_dir / MANIFEST_FILE)
+    try:
+        temporary.write_text(text, encoding="utf-8")
+        os.replace(temporary, run_dir / MANIFEST_FILE)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        raise OutputsError(
+            f"cannot write {run_dir / MANIFEST_FILE}: {error.strerror}; free space or fix permissions, then --resume"
+        ) from None
 
 
 def read_manifest(run_dir: Path) -> dict[str, Any]:

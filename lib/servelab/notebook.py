@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import atexit
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from servelab import tables
+from servelab.manifest import read_manifest
+from servelab.params import Params, parse_params
+from servelab.records import MANIFEST_FILE
 from servelab.session import Lab, lab, latest_run, open_run
 
 _stack = ExitStack()
@@ -22,6 +26,22 @@ def start(params_path: str, run_dir: str = "", outputs_dir: str = "../outputs", 
     """
     params, path = open_run(params_path, run_dir or None, outputs_dir)
     return _stack.enter_context(lab(params, path, sample_memory=sample_memory))
+
+
+@dataclass(frozen=True)
+class RecordedRun:
+    """A finished run folder read as it is, with nothing started: its params come from its manifest."""
+
+    params: Params
+    run_dir: Path
+
+
+def recorded(run_dir: str) -> RecordedRun:
+    """Open `run_dir` for analysis only, e.g. a run brought back from the GPU machine whose servers are gone."""
+    if not run_dir:
+        raise ValueError("analyse_only needs run_dir: the folder of the run to analyse")
+    path = Path(run_dir)
+    return RecordedRun(params=parse_params(read_manifest(path)["params"], str(path / MANIFEST_FILE)), run_dir=path)
 
 
 def stop() -> None:

@@ -17,6 +17,13 @@ from servelab.errors import ParamsError
 
 LANGUAGES = ("en", "ko", "zh", "ja", "es")
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,47}$"
+SECRET_KEY = re.compile(r"TOKEN|KEY|SECRET|PASSWORD|CREDENTIAL", re.IGNORECASE)
+SECRET_VALUE = re.compile(
+    r"hf_[A-Za-z0-9]{30,}|sk-(?:proj-)?[A-Za-z0-9_-]{30,}|(?:AKIA|ASIA)[0-9A-Z]{16}|-----BEGIN [A-Z ]*PRIVATE KEY-----"
+)
+"""Values shaped like API keys (Hugging Face, OpenAI, AWS) or private keys: never welcome in a params file."""
+MAX_LOAD_POINTS = 10_000
+"""Load points one params file may ask for; each takes seconds at least, so more is a typo, not a plan."""
 
 
 class Strict(BaseModel):
@@ -105,7 +112,7 @@ class Deployment(Strict):
     @classmethod
     def _no_secret_values(cls, env: dict[str, str]) -> dict[str, str]:
         for key in env:
-            if re.search(r"TOKEN|KEY|SECRET|PASSWORD", key, re.IGNORECASE):
+            if SECRET_KEY.search(key):
                 raise ValueError(
                     f"env key {key!r} looks like a secret; name it in secret_env and set it in the environment or .env"
                 )
@@ -211,6 +218,13 @@ class Params(Strict):
         taken = sorted({p for p in ports if ports.count(p) > 1})
         if taken:
             raise ValueError(f"deployment ports must be unique; repeated: {', '.join(map(str, taken))}")
+        values = sum(len(load.values) for load in self.sweep.load)
+        points = len(names) * len(self.sweep.languages) * values + (values if len(names) > 1 else 0)
+        if points > MAX_LOAD_POINTS:
+            raise ValueError(
+                f"the grid has {points:,} load points (deployments x languages x load values); at most "
+                f"{MAX_LOAD_POINTS:,} fit one run: split it into several params files"
+            )
         return self
 
 
@@ -228,13 +242,28 @@ def _key_path(location: tuple[Any, ...]) -> str:
     return "".join(parts) or "(top level)"
 
 
+MAX_PROBLEMS_SHOWN = 20
+
+
+def _masked(value: Any) -> Any:
+    """`value` with the values of secret-looking keys (HF_TOKEN, api_key, ...) replaced, for error messages."""
+    if isinstance(value, dict):
+        return {k: "***" if isinstance(k, str) and SECRET_KEY.search(k) else _masked(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_masked(v) for v in value]
+    return value
+
+
 def format_validation_error(error: ValidationError, source: str) -> str:
-    """One line per problem: file, key path, bad value, and what is allowed."""
-    lines = [f"{source}: {error.error_count()} problem(s) in the params"]
-    for problem in error.errors():
+    """One line per problem: file, key path, bad value (secrets masked), and what is allowed."""
+    from servelab.manifest import redact
+
+    problems = error.errors()
+    lines = [f"{source}: {len(problems)} problem(s) in the params"]
+    for problem in problems[:MAX_PROBLEMS_SHOWN]:
         path = _key_path(tuple(problem["loc"]))
         value = problem.get("input")
-        shown = repr(value)
+        shown = redact(repr(_masked(value)))
         if len(shown) > 80:
             shown = shown[:77] + "..."
         message = problem["msg"]
@@ -243,13 +272,48 @@ def format_validation_error(error: ValidationError, source: str) -> str:
         elif problem["type"] == "union_tag_invalid":
             message = f"unknown kind; allowed: {problem.get('ctx', {}).get('expected_tags', '')}"
         lines.append(f"  {path} = {shown}: {message}")
+    if len(problems) > MAX_PROBLEMS_SHOWN:
+        lines.append(f"  ... and {len(problems) - MAX_PROBLEMS_SHOWN} more; fix these first")
     return "\n".join(lines)
+
+
+MAX_PARAMS_VALUES = 100_000
+"""Values (scalars, lists, mappings) a params file may hold once YAML aliases are expanded: the guard against
+an alias bomb, whose few bytes expand to billions of values."""
+MAX_PARAMS_DEPTH = 32
+
+
+def _check_shape(data: Any, source: str) -> None:
+    """Before validating: refuse data that expands past MAX_PARAMS_VALUES values, nests past MAX_PARAMS_DEPTH, or
+    holds a secret-shaped string (named by its place only, never shown)."""
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    seen = 0
+    while stack:
+        value, depth = stack.pop()
+        seen += 1
+        if seen > MAX_PARAMS_VALUES:
+            raise ParamsError(
+                f"{source}: more than {MAX_PARAMS_VALUES:,} values (counting what YAML aliases expand to); a params "
+                f"file needs a few hundred: shorten its lists, or look for aliases that repeat large blocks"
+            )
+        if depth > MAX_PARAMS_DEPTH:
+            raise ParamsError(f"{source}: the YAML is nested more than {MAX_PARAMS_DEPTH} levels deep; params need a few")
+        if isinstance(value, str) and SECRET_VALUE.search(value):
+            raise ParamsError(
+                f"{source}: a value looks like an API key or a private key; secrets never go in a params file: set "
+                f"the variable in the environment (or .env) and name it in the deployment's secret_env"
+            )
+        if isinstance(value, dict):
+            stack.extend((item, depth + 1) for item in (*value.keys(), *value.values()))
+        elif isinstance(value, list | tuple):
+            stack.extend((item, depth + 1) for item in value)
 
 
 def parse_params(data: Any, source: str = "<params>") -> Params:
     """Validate already-parsed YAML/JSON data; raises ParamsError naming `source`."""
     if not isinstance(data, dict):
         raise ParamsError(f"{source}: the top level must be a mapping of keys, got {type(data).__name__}")
+    _check_shape(data, source)
     try:
         return Params.model_validate(data)
     except ValidationError as error:
@@ -264,7 +328,10 @@ def load_params(path: str | Path) -> Params:
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"{path}: no such params file; see params/ for examples")
-    text = path.read_bytes()
+    try:
+        text = path.read_bytes()
+    except OSError as error:
+        raise ParamsError(f"{path}: cannot read the params file: {error.strerror}") from None
     if len(text) > MAX_PARAMS_BYTES:
         raise ParamsError(f"{path}: {len(text)} bytes is too large for a params file (limit {MAX_PARAMS_BYTES})")
     try:

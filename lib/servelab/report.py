@@ -70,5 +70,8 @@ def write_index(outputs_dir: Path) -> Path:
         + "</table></body></html>"
     )
     index = outputs_dir / "index.html"
-    index.write_text(page, encoding="utf-8")
+    try:
+        index.write_text(page, encoding="utf-8")
+    except OSError as error:
+        raise OutputsError(f"cannot write {index}: {error.strerror}; free space or fix permissions") from None
     return index

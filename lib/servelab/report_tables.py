@@ -82,19 +82,32 @@ def _peak_memory(samples: pd.DataFrame, deployment: str) -> dict[str, object]:
     return {label: round(per_time.max(), 1)}
 
 
+PARTIAL = "partial: never finished"
+"""The status shown for a point a crash or interrupt cut short; `servelab run --resume` runs it again."""
+
+
 def failures(points: pd.DataFrame, requests: pd.DataFrame) -> pd.DataFrame:
-    """Points that failed, aborted or never finished, and error counts by class for every point with errors."""
+    """Points that failed, were aborted or never finished (partial), and every point with failed requests: its
+    measured requests and errors on disk, its error rate (errors / requests), and the rate of each error class
+    (failed requests of that class / requests)."""
     if points.empty:
         return pd.DataFrame({"note": ["no load points recorded"]})
-    measured = requests[~requests["warmup"]] if not requests.empty else requests
-    errors = (
-        measured[~measured["ok"]].groupby(["point_id", "error_class"]).size().unstack(fill_value=0)
-        if not measured.empty and (~measured["ok"]).any()
-        else pd.DataFrame()
-    )
-    table = points.set_index("point_id")[["status", "requests", "errors", "schedule_kept", "message"]]
-    if not errors.empty:
-        table = table.join(errors.add_prefix("errors: "), how="left").fillna({c: 0 for c in errors.add_prefix("errors: ").columns})
+    table = points.set_index("point_id")[["status", "requests", "errors", "schedule_kept", "message"]].copy()
+    measured = requests[~requests["warmup"].astype(bool)] if not requests.empty else requests
+    failed = measured[~measured["ok"].astype(bool)] if not measured.empty else measured
+    if not measured.empty:
+        table["requests"] = measured.groupby("point_id").size().reindex(table.index).fillna(0).astype(int)
+        table["errors"] = failed.groupby("point_id").size().reindex(table.index).fillna(0).astype(int)
+    sent = table["requests"].where(table["requests"] > 0)
+    table.insert(3, "error rate", (table["errors"] / sent).fillna(0.0).round(3))
+    if not failed.empty:
+        by_class = failed.groupby(["point_id", "error_class"]).size().unstack(fill_value=0)
+        rates = by_class.reindex(table.index).fillna(0).div(sent, axis=0).fillna(0.0).round(3)
+        for position, error_class in enumerate(sorted(rates.columns)):
+            table.insert(4 + position, f"error rate: {error_class}", rates[error_class])
+    partial = table["status"] == "started"
+    table.loc[partial, "status"] = PARTIAL
+    table.loc[partial & table["message"].isna(), "message"] = "the run stopped here; --resume runs it again"
     bad = table[(table["status"] != "done") | (table["errors"] > 0) | (table["schedule_kept"] == False)]  # noqa: E712
     if bad.empty:
         return pd.DataFrame({"note": [f"all {len(table)} load points finished with no failed request"]})

@@ -17,12 +17,14 @@ from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 from tqdm.auto import tqdm
 
 from servelab.deploy import stop_on_signals
-from servelab.errors import ServelabError
-from servelab.params import Params
-from servelab.records import POINTS_FILE, latest_points
+from servelab.errors import OutputsError, ServelabError
+from servelab.load import ensure_file_descriptors
+from servelab.manifest import read_manifest, redact_file
+from servelab.params import Params, load_params
+from servelab.records import MANIFEST_FILE, POINTS_FILE, latest_points
 from servelab.report import export_report, write_index
 from servelab.session import REPO, lab, open_run
-from servelab.sweep import estimate_seconds, plan_points
+from servelab.sweep import connections_needed, estimate_seconds, plan_points
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +92,9 @@ class PointProgress:
         self.bar.close()
 
 
-def execute_notebook(name: str, run_dir: Path, params_path: Path, outputs_dir: Path) -> Path:
+def execute_notebook(
+    name: str, run_dir: Path, params_path: Path, outputs_dir: Path, extra: dict[str, object] | None = None
+) -> Path:
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
@@ -104,6 +108,7 @@ def execute_notebook(name: str, run_dir: Path, params_path: Path, outputs_dir: P
                 "params_path": str(params_path.resolve()),
                 "run_dir": str(run_dir.resolve()),
                 "outputs_dir": str(outputs_dir.resolve()),
+                **(extra or {}),
             },
             kernel_name=kernel_name(),
             cwd=str(NOTEBOOK_DIR),
@@ -111,10 +116,25 @@ def execute_notebook(name: str, run_dir: Path, params_path: Path, outputs_dir: P
             log_output=False,
         )
     except PapermillExecutionError as error:
+        redact_file(executed)
         raise NotebookFailed(
             f"notebook {name} failed: {error.ename}: {error.evalue}\nthe executed notebook is kept at {executed}"
         ) from None
+    redact_file(executed)
     return executed
+
+
+def reanalyse(run_dir: Path, outputs_dir: Path) -> Path:
+    """Execute 03_gpu_memory (analysis only) and 04_report on a recorded run folder, export its HTML, and return
+    the report's path. Nothing is deployed or measured: this is for runs brought back from another machine."""
+    if not (run_dir / MANIFEST_FILE).is_file():
+        raise OutputsError(f"{run_dir} is not a run folder (no {MANIFEST_FILE}); give outputs/<run-id>")
+    params_path = Path(read_manifest(run_dir).get("params_file") or "params")
+    execute_notebook("03_gpu_memory", run_dir, params_path, outputs_dir, {"analyse_only": True})
+    execute_notebook("04_report", run_dir, params_path, outputs_dir)
+    report = export_report(run_dir)
+    write_index(outputs_dir)
+    return report
 
 
 def run(
@@ -130,6 +150,7 @@ def run(
         run_dir = Path(resume) if Path(resume).is_dir() else outputs / resume
         if not run_dir.is_dir():
             raise ServelabError(f"--resume {resume}: no run folder {run_dir}; `ls {outputs}` lists the runs")
+    ensure_file_descriptors(connections_needed(load_params(params_path)))
     params, run_dir = open_run(params_path, run_dir, outputs)
     if not (run_dir / "params.yaml").exists():
         shutil.copy2(params_path, run_dir / "params.yaml")

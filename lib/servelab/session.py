@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from servelab import deploy as deployment_module
+from servelab.calibrate import record_calibration
 from servelab.deploy import Fleet, RunningServer
 from servelab.errors import OutputsError
 from servelab.manifest import build_manifest, read_manifest, update_manifest, write_manifest
@@ -45,6 +46,7 @@ def open_run(params_path: str | Path, run_dir: str | Path | None = None, outputs
         path.mkdir(parents=True, exist_ok=True)
         if not (path / MANIFEST_FILE).exists():
             write_manifest(path, build_manifest(params, str(params_path), path.name, REPO))
+            record_calibration(path)  # this host's last `servelab calibrate`, if there is one
     except OSError as error:
         raise OutputsError(f"cannot create the run folder {path}: {error.strerror}; check the disk and permissions") from None
     return params, path
@@ -100,7 +102,7 @@ def lab(params: Params, run_dir: Path, sample_memory: bool = True) -> Iterator[L
         return
     with ExitStack() as stack:
         sampler = None
-        on_started = None
+        on_launched = None
         check = None
         if sample_memory:
             from servelab.gpu import MemorySampler, PidMap
@@ -114,11 +116,10 @@ def lab(params: Params, run_dir: Path, sample_memory: bool = True) -> Iterator[L
             )
             stack.enter_context(sampler)
 
-            def on_started(server: RunningServer) -> None:
-                pid_map.add(server.name, server.pid)
+            on_launched = pid_map.add
 
             check = _free_memory_check(params)
-        fleet = stack.enter_context(deployment_module.deploy(params, run_dir, check, on_started))
+        fleet = stack.enter_context(deployment_module.deploy(params, run_dir, check, on_launched))
         _record_engines(run_dir, fleet)
         yield Lab(params=params, run_dir=run_dir, fleet=fleet, sampler=sampler, owner=True)
     if sampler is not None:

@@ -23,7 +23,7 @@ from servelab.aio import run_sync
 from servelab.clients import Target
 from servelab.clock import now_ns
 from servelab.deploy import Fleet, RunningServer
-from servelab.errors import EngineError
+from servelab.errors import EngineError, OutputsError
 from servelab.params import ConcurrencyLoad, Params
 from servelab.prompts import build_prompts
 from servelab.records import (
@@ -130,6 +130,11 @@ def _max_concurrency(point: LoadPoint, params: Params) -> int:
     return 1024
 
 
+def connections_needed(params: Params) -> int:
+    """The most connections any point of the grid opens at once (the interference point sums its deployments)."""
+    return max(_max_concurrency(point, params) * len(point.deployments) for point in plan_points(params))
+
+
 def prompt_count(point: LoadPoint, params: Params) -> int:
     """Distinct prompts for one point: one per request where the count is known, else enough that a server's
     prefix cache rarely sees a prompt twice within a timed point."""
@@ -193,6 +198,7 @@ def run_sweep(params: Params, run_dir: Path, fleet: Fleet, progress: bool = True
         for index, point in enumerate(plan_points(params))
         if not all(point.point_id(name) in finished for name in point.deployments)
     ]
+    load_module.ensure_file_descriptors(connections_needed(params))
     with JsonlWriter(run_dir / REQUESTS_FILE) as writer, JsonlWriter(run_dir / POINTS_FILE, fsync_every=1) as marks:
         bar = tqdm(todo, desc="load points", unit="point", disable=not progress)
         for index, point in bar:
@@ -230,7 +236,10 @@ def run_sweep(params: Params, run_dir: Path, fleet: Fleet, progress: bool = True
 def write_summary(run_dir: Path) -> pd.DataFrame:
     """Recompute summary.csv from requests.jsonl and points.jsonl."""
     summary = metrics.summarize(read_requests(run_dir), latest_points(run_dir))
-    summary.to_csv(run_dir / SUMMARY_FILE, index=False)
+    try:
+        summary.to_csv(run_dir / SUMMARY_FILE, index=False)
+    except OSError as error:
+        raise OutputsError(f"cannot write {run_dir / SUMMARY_FILE}: {error.strerror}; free space or fix permissions") from None
     return summary
 
 

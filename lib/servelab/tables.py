@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from servelab.metrics import summarize
 from servelab.records import (
     GPU_FILE,
     HOST_MEMORY_FILE,
@@ -53,8 +54,11 @@ def memory_frame(run_dir: Path) -> pd.DataFrame:
 
 
 def summary_frame(run_dir: Path) -> pd.DataFrame:
+    """summary.csv; for a run that stopped before writing it (a crash), the same table computed from its records."""
     path = run_dir / SUMMARY_FILE
-    return pd.read_csv(path) if path.exists() and path.stat().st_size > 0 else pd.DataFrame()
+    if path.exists() and path.stat().st_size > 0:
+        return pd.read_csv(path)
+    return summarize(read_requests(run_dir), latest_points(run_dir))
 
 
 def memory_source(run_dir: Path) -> str:

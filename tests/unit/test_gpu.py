@@ -42,7 +42,7 @@ from servelab.gpu import (
     read_samples,
     timeline,
 )
-from servelab.records import GPU_FILE, HOST_MEMORY_FILE, MemorySample
+from servelab.records import GPU_FILE, HOST_MEMORY_FILE, MEMORY_COLUMNS, MemorySample
 
 GIB = 1024**3
 S = 1_000_000_000
@@ -206,7 +206,7 @@ def test_sampler_at_200_hz_stamps_rows_on_the_run_clock_in_order(tmp_path: Path)
     stopped = now_ns()
     samples = read_samples(sampler.path)
     device = samples[samples["scope"] == "device"]
-    assert sampler.process_every == 4
+    assert sampler.process_every == 20  # 200 Hz device readings, process listings at the default 10 Hz
     assert len(device) == sampler.ticks
     assert device["t_ns"].is_monotonic_increasing and device["t_ns"].is_unique
     assert started <= samples["t_ns"].min() and samples["t_ns"].max() <= stopped
@@ -433,13 +433,32 @@ def test_baseline_is_the_device_before_any_deployment_holds_memory(run: pd.DataF
     assert pd.isna(baseline_used_mib(run, before_ns=0))
 
 
-def test_attribution_gap_adds_up_and_shows_unattributed_apart(run: pd.DataFrame) -> None:
+def test_attribution_gap_counts_every_listed_process_and_shows_unattributed_apart(run: pd.DataFrame) -> None:
     gap = attribution_gap(run).set_index("t_ns")
     assert gap.loc[5 * S, "gap_mib"] == 0
     assert gap.loc[3 * S, "gap_mib"] == 0
-    assert (gap.loc[6 * S, "gap_mib"], gap.loc[6 * S, "unattributed_mib"]) == (10, 10)
-    assert gap.loc[6 * S, "gap_pct"] == pytest.approx(100 * 10 / 3020)
+    assert (gap.loc[6 * S, "gap_mib"], gap.loc[6 * S, "unattributed_mib"], gap.loc[6 * S, "listed_mib"]) == (0, 10, 3020)
+    assert gap.loc[6 * S, "gap_pct"] == 0
     assert pd.isna(gap.loc[0, "gap_pct"])
+
+
+def test_attribution_gap_is_what_no_listed_process_accounts_for(run: pd.DataFrame) -> None:
+    gap = attribution_gap(run, baseline_mib=400).set_index("t_ns")
+    assert gap.loc[6 * S, "gap_mib"] == 100
+    assert gap.loc[6 * S, "gap_pct"] == pytest.approx(100 * 100 / 3120)
+
+
+def test_baseline_ends_when_a_process_not_there_at_the_start_takes_memory_attributed_or_not() -> None:
+    def row(t: float, scope: str, used: float, pid: float | None = None, deployment: str | None = None) -> dict:
+        return {"t_ns": int(t * S), "source": "nvml", "scope": scope, "pid": pid, "deployment": deployment, "used_mib": used}
+
+    samples = pd.DataFrame(
+        [row(0, "device", 600), row(0, "process", 100, pid=7.0), row(1, "device", 600), row(1, "process", 100, pid=7.0),
+         # pid 9 boots unattributed (its deployment is not known yet), then is attributed
+         row(2, "device", 20_700), row(2, "process", 100, pid=7.0), row(2, "process", 20_000, pid=9.0),
+         row(3, "device", 20_700), row(3, "process", 100, pid=7.0), row(3, "process", 20_000, pid=9.0, deployment="a")]
+    ).reindex(columns=MEMORY_COLUMNS)
+    assert baseline_used_mib(samples) == 600
 
 
 def test_timeline_stacks_deployments_and_the_rest_of_the_device(run: pd.DataFrame) -> None:

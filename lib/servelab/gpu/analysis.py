@@ -90,22 +90,29 @@ def timeline(samples: pd.DataFrame) -> pd.DataFrame:
 
 
 def baseline_used_mib(samples: pd.DataFrame, before_ns: int | None = None) -> float:
-    """Median device used_mib before `before_ns` (default: before any attributed process holds memory); NaN if none."""
+    """Median device used_mib before `before_ns`; NaN if none.
+
+    By default, before the first process that was not already on the device at the first listing takes memory:
+    whoever starts it (one of ours, still unattributed while it boots, or anyone else), the memory it takes is
+    not the baseline's. Processes present from the start are part of the baseline."""
     device = _device(samples)
     if before_ns is None:
         rows = _process_rows(samples)
-        owned = rows[rows["deployment"].notna() & (rows["used_mib"].fillna(1.0) > 0)]
-        before_ns = int(owned["t_ns"].min()) if not owned.empty else None
+        times = listing_times(samples)
+        present = set(rows.loc[rows["t_ns"] == times[0], "pid"]) if len(times) else set()
+        newcomers = rows[~rows["pid"].isin(present) & (rows["used_mib"].fillna(1.0) > 0)]
+        before_ns = int(newcomers["t_ns"].min()) if not newcomers.empty else None
     if before_ns is not None:
         device = device[device["t_ns"] < before_ns]
     return float(device["used_mib"].median()) if not device.empty else float("nan")
 
 
 def attribution_gap(samples: pd.DataFrame, baseline_mib: float | None = None) -> pd.DataFrame:
-    """Per listing: device used - baseline against the memory attributed to deployments.
+    """Per listing: device used - baseline against the memory of the processes listed.
 
-    gap_mib = (device_used_mib - baseline_mib) - attributed_mib; unattributed_mib (processes no deployment owns)
-    is shown apart, as the first suspect for a positive gap. gap_pct is gap_mib over (device used - baseline).
+    listed_mib = attributed_mib (processes of our deployments) + unattributed_mib (processes no deployment
+    owns). gap_mib = (device_used_mib - baseline_mib) - listed_mib: memory no process accounts for. gap_pct is
+    gap_mib over (device used - baseline).
     """
     if baseline_mib is None:
         baseline_mib = baseline_used_mib(samples)
@@ -118,8 +125,9 @@ def attribution_gap(samples: pd.DataFrame, baseline_mib: float | None = None) ->
     frame["baseline_mib"] = baseline_mib
     frame["attributed_mib"] = owned.reindex(times, fill_value=0.0).to_numpy()
     frame["unattributed_mib"] = strangers.reindex(times, fill_value=0.0).to_numpy()
+    frame["listed_mib"] = frame["attributed_mib"] + frame["unattributed_mib"]
     above = frame["device_used_mib"] - frame["baseline_mib"]
-    frame["gap_mib"] = above - frame["attributed_mib"]
+    frame["gap_mib"] = above - frame["listed_mib"]
     frame["gap_pct"] = 100.0 * frame["gap_mib"] / above.where(above > 0)
     return frame
 

@@ -71,12 +71,12 @@ class MemorySampler:
         attribution: PidMap | Attribution | None = None,
         *,
         mode: Literal["auto", "nvml", "host_rss"] = "auto",
-        process_hz: float = 50.0,
+        process_hz: float = 10.0,
         flush_every_s: float = 0.5,
-        refresh_every_s: float = 2.0,
+        refresh_every_s: float = 5.0,
         fallback_after_s: float = 5.0,
-        energy_every_s: float = 0.1,
-        utilization_every_s: float = 0.2,
+        energy_every_s: float = 1.0,
+        utilization_every_s: float = 1.0,
         nvml_library: ModuleType | Any = None,
     ) -> None:
         if sample_hz <= 0:
