@@ -74,7 +74,11 @@ class FaultProxy:
         self.flavour = flavour
         self.requests = 0
         self.faulted = 0
-        self._client = httpx.AsyncClient(timeout=httpx.Timeout(None), trust_env=False)
+        # A fresh upstream connection per request: llama-server may close an idle keep-alive connection just as
+        # it is reused, and the proxy must fault exactly the requests it counts, never lose one to that race.
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(None), trust_env=False, limits=httpx.Limits(max_keepalive_connections=0)
+        )
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """One client connection: keep-alive requests, one after another."""

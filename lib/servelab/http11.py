@@ -84,15 +84,55 @@ class Response:
     """The first bytes of a non-200 body (a 200 body went to the callback)."""
 
 
+class _Inbox:
+    """Reads are stamped the moment they arrive and parsed after the loop's current round of I/O callbacks.
+
+    When many streams' bytes are ready in one round, the loop delivers them one after another. Parsing each
+    read as it is delivered (tens of microseconds: de-chunking, SSE, JSON) would delay the stamp of the
+    twentieth read by the parsing of the nineteen before it; stamping costs well under a microsecond. So
+    `data_received` only stamps and queues, and `drain` parses the round in arrival order. Closing events go
+    through the same queue, so a connection's bytes are always parsed before its end.
+    """
+
+    __slots__ = ("loop", "items", "scheduled")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.items: deque[tuple[_Connection, bytes | _Lost, int]] = deque()
+        self.scheduled = False
+
+    def put(self, connection: _Connection, data: bytes | _Lost, t: int) -> None:
+        self.items.append((connection, data, t))
+        if not self.scheduled:
+            self.scheduled = True
+            self.loop.call_soon(self.drain)
+
+    def drain(self) -> None:
+        self.scheduled = False
+        items = self.items
+        while items:
+            connection, data, t = items.popleft()
+            if data.__class__ is bytes:
+                connection.process(data, t)  # type: ignore[arg-type]
+            else:
+                connection.lost(data.error, t)  # type: ignore[union-attr]
+
+
+@dataclass(frozen=True, slots=True)
+class _Lost:
+    error: Exception | None
+
+
 class _Connection(asyncio.Protocol):
     """One keep-alive connection; answers one request at a time."""
 
     __slots__ = (
-        "transport", "closed", "reusable", "waiter", "on_body", "on_head", "error_limit", "status", "received_any",
+        "inbox", "transport", "closed", "reusable", "waiter", "on_body", "on_head", "error_limit", "status", "received_any",
         "_head", "_mode", "_left", "_line", "_crlf", "_error_body", "_keep_alive",
     )  # fmt: skip
 
-    def __init__(self) -> None:
+    def __init__(self, inbox: _Inbox) -> None:
+        self.inbox = inbox
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.reusable = False
@@ -120,9 +160,15 @@ class _Connection(asyncio.Protocol):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        t = now_ns()
         self.closed = True
         self.reusable = False
+        self.inbox.put(self, _Lost(exc), now_ns())
+
+    def data_received(self, data: bytes) -> None:
+        self.inbox.put(self, data, now_ns())
+
+    def lost(self, exc: Exception | None, t: int) -> None:
+        """The connection's end, after every byte it delivered was processed."""
         if self.waiter is None or self.waiter.done():
             return
         if self._mode == "close" and exc is None:
@@ -133,8 +179,8 @@ class _Connection(asyncio.Protocol):
             reason = f": {exc}" if exc else ""
             self._fail(ConnectionLost(f"the connection closed before the response was complete{reason}"))
 
-    def data_received(self, data: bytes) -> None:
-        t = now_ns()
+    def process(self, data: bytes, t: int) -> None:
+        """One network read, stamped `t` on arrival."""
         self.received_any = True
         if self.waiter is None or self.waiter.done():
             # Bytes nobody asked for (no pipelining here): the connection cannot be trusted any more.
@@ -341,6 +387,7 @@ class StreamClient:
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._ssl: ssl.SSLContext | None = None
         self._closed = False
+        self._inbox: _Inbox | None = None
 
     async def __aenter__(self) -> StreamClient:
         return self
@@ -429,10 +476,13 @@ class StreamClient:
         context = None
         if origin.scheme == "https":
             context = self._ssl = self._ssl or ssl.create_default_context()
+        if self._inbox is None or self._inbox.loop is not loop:
+            self._inbox = _Inbox(loop)
+        inbox = self._inbox
         try:
             async with asyncio.timeout(self.connect_timeout_s):
                 _, connection = await loop.create_connection(
-                    _Connection, origin.host, origin.port, ssl=context
+                    lambda: _Connection(inbox), origin.host, origin.port, ssl=context
                 )
         except (OSError, TimeoutError, ssl.SSLError) as error:
             raise ConnectFailed(f"cannot connect to {origin.host}:{origin.port}: {error}") from None

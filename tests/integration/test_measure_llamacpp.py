@@ -131,6 +131,7 @@ def test_output_tok_s_agrees_with_the_engines_own_counter(target, embedded_serve
     assert all(r.server_timings["predicted_n"] == r.output_tokens for r in records)
     ours = output_tokens_per_s(records, duration_s(records))
     engine = engine_tokens / ((after.t_ns - start_ns) / 1e9)
+    print(f"servelab {ours:.1f} tok/s, engine counter {engine:.1f} tok/s, difference {100 * (ours / engine - 1):+.2f} %")
     assert ours == pytest.approx(engine, rel=0.03)
     summary = summarize(records).set_index(["metric", "stat"]).value
     assert summary["output_tok_s", "value"] == pytest.approx(ours)
