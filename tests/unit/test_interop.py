@@ -14,7 +14,7 @@ import pytest
 import yaml
 from servelab.errors import ServelabError
 from servelab.interop import IMPORTED_COLUMNS, export_vllm_bench, import_results, vllm_bench_result
-from servelab.metrics import summarize
+from servelab.metrics import ID_COLUMNS, summarize
 from servelab.records import (
     MANIFEST_FILE,
     POINTS_FILE,
@@ -155,15 +155,7 @@ def test_a_run_exported_as_vllm_results_reads_back_as_its_own_summary(tmp_path, 
         assert set(theirs.source) == {"vllm-bench"}
         point_id = theirs.point_id.iloc[0]
         expected_ids = ours[ours.point_id == point_id].iloc[0]
-        for column in (
-            "deployment",
-            "framework",
-            "model",
-            "language",
-            "load_kind",
-            "load_value",
-            "interference",
-        ):
+        for column in ID_COLUMNS[1:]:  # all but point_id
             assert theirs[column].iloc[0] == expected_ids[column], column
         mine = values(ours, point_id)
         for (metric, stat), value in values(theirs, point_id).items():
