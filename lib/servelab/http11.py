@@ -84,6 +84,10 @@ class Response:
     """The first bytes of a non-200 body (a 200 body went to the callback)."""
 
 
+DRAIN_SLICE_NS = 100_000
+"""How long the parser runs before the loop looks at the sockets again (see `_Inbox.drain`)."""
+
+
 class _Inbox:
     """Reads are stamped the moment they arrive and parsed after the loop's current round of I/O callbacks.
 
@@ -108,14 +112,21 @@ class _Inbox:
             self.loop.call_soon(self.drain)
 
     def drain(self) -> None:
-        self.scheduled = False
+        """Parse queued reads for at most DRAIN_SLICE_NS, then yield to the loop if any are left: the loop polls
+        the sockets before it calls us again, so reads that arrive meanwhile are stamped without waiting for a
+        long burst to be parsed."""
         items = self.items
+        deadline = now_ns() + DRAIN_SLICE_NS
         while items:
             connection, data, t = items.popleft()
             if data.__class__ is bytes:
                 connection.process(data, t)  # type: ignore[arg-type]
             else:
                 connection.lost(data.error, t)  # type: ignore[union-attr]
+            if items and now_ns() > deadline:
+                self.loop.call_soon(self.drain)
+                return
+        self.scheduled = False
 
 
 @dataclass(frozen=True, slots=True)

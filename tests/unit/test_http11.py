@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -220,3 +221,57 @@ def test_a_callback_that_raises_fails_the_request_and_drops_the_connection():
     (response, pieces), opened, _ = _run(script, go)
     assert b"".join(pieces) == b"hello"
     assert len(opened) == 2
+
+
+class _Recorder:
+    """Stands in for a connection: records what the inbox hands it, taking `busy_ns` per read."""
+
+    def __init__(self, log: list, name: str, busy_ns: int = 0) -> None:
+        self.log, self.name, self.busy_ns = log, name, busy_ns
+
+    def process(self, data: bytes, t: int) -> None:
+        end = time.monotonic_ns() + self.busy_ns
+        while time.monotonic_ns() < end:
+            pass
+        self.log.append((self.name, data, t))
+
+    def lost(self, error: Exception | None, t: int) -> None:
+        self.log.append((self.name, "lost", t))
+
+
+def test_the_inbox_keeps_arrival_order_and_stamps_and_ends_a_connection_after_its_bytes() -> None:
+    from servelab.http11 import _Inbox, _Lost
+
+    async def go() -> list:
+        log: list = []
+        inbox = _Inbox(asyncio.get_running_loop())
+        a, b = _Recorder(log, "a"), _Recorder(log, "b")
+        inbox.put(a, b"1", 10)
+        inbox.put(b, b"x", 11)
+        inbox.put(a, _Lost(None), 12)
+        inbox.put(b, b"y", 13)
+        assert log == []  # nothing is parsed inside the I/O callbacks that queue
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        return log
+
+    assert asyncio.run(go()) == [("a", b"1", 10), ("b", b"x", 11), ("a", "lost", 12), ("b", b"y", 13)]
+
+
+def test_the_inbox_gives_the_loop_back_between_slices_of_parsing() -> None:
+    from servelab.http11 import DRAIN_SLICE_NS, _Inbox
+
+    async def go() -> list[int]:
+        log: list = []
+        inbox = _Inbox(asyncio.get_running_loop())
+        slow = _Recorder(log, "slow", busy_ns=2 * DRAIN_SLICE_NS)  # each read outlasts a slice
+        for index in range(4):
+            inbox.put(slow, b"%d" % index, index)
+        done_per_round = []
+        while len(log) < 4:
+            await asyncio.sleep(0)
+            done_per_round.append(len(log))
+        return done_per_round
+
+    rounds = asyncio.run(go())
+    assert rounds[-1] == 4 and all(later - earlier <= 1 for earlier, later in zip([0, *rounds], rounds, strict=False))
