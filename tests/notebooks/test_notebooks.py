@@ -85,3 +85,33 @@ def test_each_notebook_runs_alone_with_its_default_parameters(name, tmp_path):
     )
     runs = [p for p in (tmp_path / "outputs").iterdir() if p.is_dir()]
     assert runs, "the notebook created no run folder"
+
+
+def test_servelab_report_analyses_a_recorded_run_again_without_starting_anything(batch_run, tmp_path, capsys):
+    """A run brought back from another machine: `servelab report RUN` executes 03 (analysis only) and 04 on its
+    records and exports the HTML; no engine is started, so the engine's log does not grow."""
+    from servelab.cli import main
+
+    outputs = tmp_path / "outputs"
+    copy = outputs / batch_run.run_dir.name
+    shutil.copytree(batch_run.run_dir, copy)
+    (copy / "report.html").unlink()
+    logs = {path.name: path.stat().st_size for path in (copy / "logs").iterdir()}
+    requests_before = (copy / "requests.jsonl").read_bytes()
+    assert main(["report", str(copy), "--outputs", str(outputs)]) == 0
+    assert f"report: {copy / 'report.html'}" in capsys.readouterr().out
+    assert (copy / "report.html").stat().st_size > 0 and (outputs / "index.html").exists()
+    memory = nbformat.read(copy / "notebooks" / "03_gpu_memory.ipynb", as_version=4)
+    injected = [c for c in memory.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert len(injected) == 1 and "analyse_only = True" in injected[0].source
+    assert {path.name: path.stat().st_size for path in (copy / "logs").iterdir()} == logs
+    assert (copy / "requests.jsonl").read_bytes() == requests_before
+    assert not (copy / "deployments.json").exists()
+
+
+def test_servelab_report_refuses_a_folder_that_is_not_a_run_in_one_line(tmp_path, capsys):
+    from servelab.cli import main
+
+    assert main(["report", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("servelab: ") and "not a run folder" in error and "Traceback" not in error
