@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 from servelab import aio, metrics
-from servelab.calibrate import Deviation, is_sustained, running_emitter
+from servelab.calibrate import Deviation, is_sustained, request_lifetime_s, running_emitter, true_latencies
 from servelab.clients import Target
 from servelab.clock import now_ns
 from servelab.load import ensure_file_descriptors, make_client, run_point
@@ -64,9 +64,8 @@ def truth_of(rows: list[dict[str, Any]], start_ns: int, end_ns: int, lifetime_s:
     rows = [r for r in rows if start_ns <= r["received_ns"] <= end_ns and r.get("outcome") == "done"]
     if not rows:
         return {"requests": 0}
-    ttft = np.asarray([(r["write_ns"][0] - r["received_ns"]) / 1e6 for r in rows])
+    ttft, gaps = true_latencies(rows, start_ns, end_ns)
     writes = [np.asarray(r["write_ns"], dtype=np.int64) for r in rows]
-    gaps = np.concatenate([np.diff(w) for w in writes if w.size > 1]) / 1e6
     per_request = np.asarray([(w[-1] - w[0]) / 1e6 / (w.size - 1) for w in writes if w.size > 1])
     first = min(r["received_ns"] for r in rows)
     last = max(int(w[-1]) for w in writes)
@@ -264,7 +263,7 @@ def main() -> int:
 
     allowed = sorted(os.sched_getaffinity(0))
     client_cpu, emitter_cpus = allowed[0], allowed[1:] or allowed
-    lifetime_s = (TTFT_MS + (args.output_tokens - 1) * ITL_MS) / 1000
+    lifetime_s = request_lifetime_s(TTFT_MS, ITL_MS, args.output_tokens)
     ensure_file_descriptors(2 * max(args.levels))
     work = Path(tempfile.mkdtemp(prefix="servelab-ceiling-"))
     versions = {"servelab": _servelab_version()} | {

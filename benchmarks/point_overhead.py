@@ -12,22 +12,18 @@ its last request's end to the point's end. The issue's goal is under 1 s per poi
 from __future__ import annotations
 
 import argparse
-import re
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from servelab.calibrate import running_emitter
 from servelab.clock import now_ns
 from servelab.deploy import Fleet, RunningServer
 from servelab.params import parse_params
 from servelab.records import latest_points, read_requests
 from servelab.sweep import run_sweep
-
-REPO = Path(__file__).resolve().parents[1]
-EMITTER = REPO / "tools" / "emitter" / "emitter.py"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,16 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=4, help="measured requests per point")
     args = parser.parse_args(argv)
 
-    emitter = subprocess.Popen(
-        [sys.executable, str(EMITTER), "--port", "0", "--ttft-ms", "1", "--itl-ms", "1"],
-        stdout=subprocess.PIPE, text=True,
-    )
-    try:
-        line = emitter.stdout.readline().strip()  # type: ignore[union-attr]
-        match = re.fullmatch(r"listening on (http://127\.0\.0\.1:(\d+))", line)
-        if not match:
-            raise SystemExit(f"the emitter printed {line!r}")
-        url, port = match.group(1), int(match.group(2))
+    with running_emitter(1.0, 1.0) as emitter:
         params = parse_params(
             {
                 "name": "point-overhead",
@@ -66,8 +53,9 @@ def main(argv: list[str] | None = None) -> int:
             run_dir = Path(folder)
             server = RunningServer(
                 name="emitter", framework="vllm", model="servelab-emitter", served_model="servelab-emitter",
-                api_flavour="openai", base_url=url, port=port, pid=emitter.pid, log_path=str(run_dir / "emitter.log"),
-                argv=[], launched_ns=now_ns(), ready_ns=now_ns(),
+                api_flavour="openai", base_url=emitter.base_url, port=int(emitter.base_url.rsplit(":", 1)[1]),
+                pid=emitter.process.pid, log_path=str(run_dir / "emitter.log"), argv=[], launched_ns=now_ns(),
+                ready_ns=now_ns(),
             )  # fmt: skip
             fleet = Fleet(run_dir=run_dir, servers={"emitter": server}, owned=False)
             started = time.perf_counter()
@@ -75,9 +63,6 @@ def main(argv: list[str] | None = None) -> int:
             wall_s = time.perf_counter() - started
             points = list(latest_points(run_dir).values())
             requests = read_requests(run_dir)
-    finally:
-        emitter.terminate()
-        emitter.wait()
 
     inside_s = sum((p.end_ns - p.start_ns) / 1e9 for p in points)
     lead, tail = [], []

@@ -305,7 +305,8 @@ def running_emitter(
 
 
 # ------------------------------------------------------------------------------------------ one level
-def _lifetime_s(ttft_ms: float, itl_ms: float, tokens: int) -> float:
+def request_lifetime_s(ttft_ms: float, itl_ms: float, tokens: int) -> float:
+    """How long one emitter request streams: TTFT, then tokens - 1 gaps of ITL, in seconds."""
     return (ttft_ms + (tokens - 1) * itl_ms) / 1000
 
 
@@ -484,13 +485,13 @@ def calibrate(
         else (QUICK_RATE_FRACTIONS if quick else FULL_RATE_FRACTIONS)
     )
     duration_s = level_s or (1.2 if quick else 3.0)
-    lifetime_s = _lifetime_s(ttft_ms, itl_ms, output_tokens)
+    lifetime_s = request_lifetime_s(ttft_ms, itl_ms, output_tokens)
     loop_name = aio.loop_name()
     ensure_file_descriptors(2 * max(levels_to_try))
     result = Calibration(
         created_utc=datetime.now(UTC).isoformat(timespec="seconds"),
         host=host_info(),
-        packages=package_versions() | {"uvloop": _version("uvloop")},
+        packages=package_versions(),
         cores=len(client_cpus),
         client_cpus=client_cpus,
         emitter_cpus=emitter_cpus,
@@ -565,15 +566,6 @@ def calibrate(
     if cache_path is not None:
         save_calibration(result, cache_path)
     return result
-
-
-def _version(package: str) -> str:
-    from importlib import metadata
-
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return "not installed"
 
 
 def _set_ceiling(result: Calibration) -> None:

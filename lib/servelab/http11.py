@@ -440,12 +440,9 @@ class StreamClient:
     async def _acquire(self, origin: Origin) -> _Connection:
         if self._closed:
             raise HttpError("the client is closed")
-        idle = self._idle.get(origin)
-        while idle:
-            connection = idle.pop()
-            if not connection.closed:
-                return connection
-            self._open -= 1
+        connection = self._take_idle(origin)
+        if connection is not None:
+            return connection
         while self._open >= self.max_connections:
             if self._evict_idle():
                 break
@@ -459,12 +456,9 @@ class StreamClient:
                 else:
                     self._waiters.remove(waiter)
                 raise
-            idle = self._idle.get(origin)
-            while idle:
-                connection = idle.pop()
-                if not connection.closed:
-                    return connection
-                self._open -= 1
+            connection = self._take_idle(origin)
+            if connection is not None:
+                return connection
         self._open += 1
         try:
             return await self._connect(origin)
@@ -472,6 +466,16 @@ class StreamClient:
             self._open -= 1
             self._wake_one()
             raise
+
+    def _take_idle(self, origin: Origin) -> _Connection | None:
+        """The newest idle connection to `origin` that is still open; closed ones met on the way are let go."""
+        idle = self._idle.get(origin)
+        while idle:
+            connection = idle.pop()
+            if not connection.closed:
+                return connection
+            self._open -= 1
+        return None
 
     def _evict_idle(self) -> bool:
         """Close an idle connection to another origin, making room for a new one."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import re
 import socket
 import subprocess
 from importlib import metadata
@@ -16,20 +15,19 @@ import psutil
 
 from servelab.clock import wall_anchor
 from servelab.errors import OutputsError
-from servelab.params import Params
+from servelab.params import SECRET_KEY, Params
 from servelab.records import MANIFEST_FILE, SCHEMA_VERSION
 
 PACKAGES = (
     "servelab", "httpx", "pandas", "numpy", "pydantic", "papermill", "nbconvert", "nbclient", "jupyterlab",
-    "ipykernel", "matplotlib", "seaborn", "nvidia-ml-py", "psutil", "tqdm", "vllm", "sglang", "torch",
+    "ipykernel", "matplotlib", "seaborn", "nvidia-ml-py", "psutil", "tqdm", "uvloop", "vllm", "sglang", "torch",
 )
-SECRET_NAME = re.compile(r"TOKEN|KEY|SECRET|PASSWORD|CREDENTIAL", re.IGNORECASE)
 REDACTED = "***redacted***"
 
 
 def secret_values() -> list[str]:
     """Values of environment variables whose names look secret (HF_TOKEN, OPENAI_API_KEY, ...), longest first."""
-    values = [value for name, value in os.environ.items() if SECRET_NAME.search(name) and len(value) >= 8]
+    values = [value for name, value in os.environ.items() if SECRET_KEY.search(name) and len(value) >= 8]
     return sorted(set(values), key=len, reverse=True)
 
 

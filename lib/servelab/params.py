@@ -18,6 +18,7 @@ from servelab.errors import ParamsError
 LANGUAGES = ("en", "ko", "zh", "ja", "es")
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,47}$"
 SECRET_KEY = re.compile(r"TOKEN|KEY|SECRET|PASSWORD|CREDENTIAL", re.IGNORECASE)
+"""Names of settings and environment variables that hold secrets: refused in params, redacted in outputs."""
 SECRET_VALUE = re.compile(
     r"hf_[A-Za-z0-9]{30,}|sk-(?:proj-)?[A-Za-z0-9_-]{30,}|(?:AKIA|ASIA)[0-9A-Z]{16}|-----BEGIN [A-Z ]*PRIVATE KEY-----"
 )
