@@ -1,25 +1,41 @@
 #!/usr/bin/env bash
-# On the lent GPU machine (no network): unpack the vLLM bundle gathered in /tmp/vb and the wheels in .whl,
-# then run benchmarks/gpu_truth.py for each params file given, detached (setsid) so it outlives the call
-# that starts it. Progress goes to /tmp/gpu-truth.log; /tmp/gpu-truth.done appears when all are finished.
-#   usage: [GPU_TRUTH_ARGS="--concurrency 16 64"] bash benchmarks/gpu_session.sh params/h100-seed-colocated.yaml [more ...]
+# On the lent GPU machine (no network): unpack the vLLM bundle gathered in /tmp/vb (and SGLang's in /tmp/sb, if
+# there) and the wheels in .whl, optionally measure the host first, then run benchmarks/gpu_truth.py for each
+# params file given, detached (setsid) so it outlives the call that starts it. Progress goes to
+# /tmp/gpu-truth.log; /tmp/gpu-truth.done appears when all are finished.
+#   usage: [GPU_CHECKS=1] [GPU_TRUTH_ARGS="--concurrency 16 64"] bash benchmarks/gpu_session.sh params/a.yaml [more ...]
+# GPU_CHECKS=1 runs, before any engine starts and on an idle GPU: the sampler's cost at 100 Hz
+# (nvml_overhead.py) and the measurement issue's 64-stream check (client_ceiling.py), whose emitter gets
+# cores of its own here. Their JSON goes to /tmp/gpu-checks and $OUT.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 if [ ! -d /tmp/vsite/vllm ]; then
   mkdir -p /tmp/vsite
   cat /tmp/vb/vb.* | tar xzf - -C /tmp/vsite
 fi
+if [ -e /tmp/sb/sb.00 ] && [ ! -d /tmp/ssite/sglang ]; then
+  mkdir -p /tmp/ssite
+  cat /tmp/sb/sb.* | tar xzf - -C /tmp/ssite
+fi
 if [ ! -d /tmp/site/papermill ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site "$repo"/.whl/*.whl
 fi
-export PYTHONPATH="$repo/lib:/tmp/site:/tmp/vsite" PYTHONUNBUFFERED=1
-export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1 MPLBACKEND=Agg
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1 MPLBACKEND=Agg
 rm -f /tmp/gpu-truth.done
 # Each device call copies the working tree over the repository again, which deletes the folder a running
 # process stands in (papermill then fails in os.getcwd()): run from a copy of our own.
 rm -rf /tmp/servelab-repo && cp -a "$repo" /tmp/servelab-repo && repo=/tmp/servelab-repo
 export PYTHONPATH="$repo/lib:/tmp/site:/tmp/vsite"
 cd "$repo"
+if [ "${GPU_CHECKS:-0}" = 1 ]; then
+  mkdir -p /tmp/gpu-checks
+  python3 benchmarks/nvml_overhead.py --hz 100 --window-s 4 --rounds 2 \
+    --variants default 10:1:1:100 floor-event floor-sleep --json /tmp/gpu-checks/nvml_overhead.json
+  for i in 1 2 3 4 5; do
+    python3 benchmarks/client_ceiling.py --levels 64 --rounds 16 --tools servelab --json "/tmp/gpu-checks/stream64-$i.json" | tail -3
+  done
+  cp /tmp/gpu-checks/*.json "${OUT:-/tmp}/" 2>/dev/null || true
+fi
 setsid nohup bash -c '
   for params in "$@"; do
     python3 benchmarks/gpu_truth.py "$params" --outputs /tmp/gpu-outputs ${GPU_TRUTH_ARGS:-}

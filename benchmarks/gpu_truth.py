@@ -29,6 +29,9 @@ def main() -> int:
     parser.add_argument("--outputs", default="outputs")
     parser.add_argument("--bench", help="deployment to compare with vllm bench serve (default: the first)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64, 256])
+    parser.add_argument("--prompts-per-concurrency", type=int, default=8, help="prompts per comparison point: this x concurrency")
+    parser.add_argument("--min-prompts", type=int, default=64, help="but at least this many")
+    parser.add_argument("--no-bench", action="store_true", help="no comparison with vllm bench serve (another framework)")
     parser.add_argument("--skip-sweep", action="store_true", help="only deploy, profile memory and compare")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -45,10 +48,15 @@ def main() -> int:
         execute_notebook("04_report", run_dir, Path(args.params), Path(args.outputs))
         export_report(run_dir)
         print("first report written", flush=True)
-        server = current.fleet[args.bench or params.deployments[0].name]
-        print(f"comparing with vllm bench serve on {server.name}", flush=True)
-        agreement = compare_with_vllm_bench(server, params.sweep, args.concurrency, run_dir, python=sys.executable)
-        execute_notebook("04_report", run_dir, Path(args.params), Path(args.outputs))
+        agreement = pd.DataFrame()
+        if not args.no_bench:
+            server = current.fleet[args.bench or params.deployments[0].name]
+            print(f"comparing with vllm bench serve on {server.name}", flush=True)
+            agreement = compare_with_vllm_bench(
+                server, params.sweep, args.concurrency, run_dir, prompts_per_concurrency=args.prompts_per_concurrency,
+                min_prompts=args.min_prompts, python=sys.executable,
+            )
+            execute_notebook("04_report", run_dir, Path(args.params), Path(args.outputs))
     report = export_report(run_dir)
     write_index(Path(args.outputs))
     with pd.option_context("display.width", 200, "display.max_columns", 30):

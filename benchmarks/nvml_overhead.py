@@ -2,9 +2,13 @@
 on, interleaved in one run, as % of one core. Also the cost of single NVML reads where NVML is present.
 
     .venv/bin/python benchmarks/nvml_overhead.py [--hz 100] [--window-s 5] [--rounds 3] [--json out.json]
-        [--variants 50:0.1:0.2 10:0.5:1]   process listings per second : energy every s : utilization every s
+        [--variants default 50:0.1:0.2:100 floor-event floor-sleep]
+        PROCESS_HZ:ENERGY_EVERY_S:UTILIZATION_EVERY_S[:DETAIL_HZ] sets the sampler's rates; `floor-event` and
+        `floor-sleep` are a thread that only wakes at the same rate (threading.Event.wait, time.sleep) and reads
+        nothing: what waking alone costs on this machine, which no sampler at this rate can go below.
 
-Each variant is measured in the same interleaved rounds, so their figures compare side by side.
+Each variant is measured in the same interleaved rounds, so their figures compare side by side. A window
+starts `--settle-s` after its sampler, so it measures sampling, not NVML's start-up.
 
 Without NVML (a CPU machine) it says so and measures the host-RSS fallback instead.
 """
@@ -17,6 +21,7 @@ import os
 import resource
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -40,11 +45,48 @@ def thread_cpu_s(native_id: int | None) -> float:
     return 0.0
 
 
-def window(seconds: float, sampler: MemorySampler | None) -> dict[str, Any]:
+class WakeFloor:
+    """A thread that wakes at `hz` and does nothing else: the floor under any sampler at that rate."""
+
+    def __init__(self, hz: float, primitive: str) -> None:
+        self.period_s, self.primitive = 1.0 / hz, primitive
+        self.ticks = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @property
+    def thread_id(self) -> int | None:
+        return self._thread.native_id
+
+    def _run(self) -> None:
+        start = time.monotonic()
+        while not self._stop.is_set():
+            self.ticks += 1
+            delay = max(0.0, start + self.ticks * self.period_s - time.monotonic())
+            if self.primitive == "event":
+                self._stop.wait(delay)
+            else:
+                time.sleep(delay)
+
+    def start(self) -> WakeFloor:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def stats(self) -> dict[str, Any]:
+        return {"missed_ticks": 0, "max_lateness_ms": 0.0, "failures": 0, "mode": f"floor-{self.primitive}"}
+
+
+def window(seconds: float, sampler: MemorySampler | WakeFloor | None, settle_s: float) -> dict[str, Any]:
     """One window: wall time, process CPU (getrusage and process_time), and the sampler thread's own CPU."""
     if sampler is not None:
         sampler.start()
+    time.sleep(settle_s)
     thread_id = sampler.thread_id if sampler is not None else None
+    ticks0 = sampler.ticks if sampler is not None else 0
     wall0, cpu0, process0 = time.perf_counter(), cpu_s(), time.process_time()
     thread0 = thread_cpu_s(thread_id)
     time.sleep(seconds)
@@ -58,36 +100,48 @@ def window(seconds: float, sampler: MemorySampler | None) -> dict[str, Any]:
         "sampler_thread_pct_of_core": 100 * (thread1 - thread0) / wall if sampler else 0.0,
     }
     if sampler is not None:
-        ticks = sampler.ticks
+        ticks = sampler.ticks - ticks0
         sampler.stop()
         row |= {"ticks": ticks, "achieved_hz": ticks / wall, **{k: sampler.stats()[k] for k in ("missed_ticks", "max_lateness_ms", "failures", "mode")}}
     return row
 
 
 def nvml_call_costs(device_index: int, calls: int = 2000) -> dict[str, float]:
-    """Microseconds per full device reading and per process listing, averaged over `calls`."""
-    reader = NvmlReader(device_index)
+    """Microseconds per full device reading, per memory-only reading and per process listing, over `calls`."""
+    full = NvmlReader(device_index, detail_every_s=0.0, energy_every_s=0.0)
+    memory_only = NvmlReader(device_index, detail_every_s=3600.0, energy_every_s=3600.0)
     try:
+        memory_only.device(0)  # the first reading always reads every field
         costs = {}
-        for name, read in (("device_read_us", lambda: reader.device(0)), ("process_listing_us", lambda: reader.processes(0))):
+        readings = (
+            ("device_read_us", lambda: full.device(0)),
+            ("memory_only_read_us", lambda: memory_only.device(1)),
+            ("process_listing_us", lambda: full.processes(0)),
+        )
+        for name, read in readings:
             start = time.perf_counter()
             for _ in range(calls):
                 read()
             costs[name] = 1e6 * (time.perf_counter() - start) / calls
         return costs
     finally:
-        reader.close()
+        full.close()
+        memory_only.close()
 
 
 def _variant(name: str) -> dict[str, float]:
-    """'default', or PROCESS_HZ:ENERGY_EVERY_S:UTILIZATION_EVERY_S as MemorySampler keyword arguments."""
+    """'default', or PROCESS_HZ:ENERGY_EVERY_S:UTILIZATION_EVERY_S[:DETAIL_HZ] as MemorySampler keyword arguments."""
     if name == "default":
         return {}
+    keys = ("process_hz", "energy_every_s", "utilization_every_s", "detail_hz")
     try:
-        process_hz, energy_every_s, utilization_every_s = (float(part) for part in name.split(":"))
+        values = [float(part) for part in name.split(":")]
     except ValueError:
-        raise SystemExit(f"--variants {name!r}: expected 'default' or PROCESS_HZ:ENERGY_EVERY_S:UTILIZATION_EVERY_S, e.g. 10:0.5:1") from None
-    return {"process_hz": process_hz, "energy_every_s": energy_every_s, "utilization_every_s": utilization_every_s}
+        values = []
+    if len(values) not in (3, 4):
+        raise SystemExit(f"--variants {name!r}: expected 'default', 'floor-event', 'floor-sleep' or "
+                         "PROCESS_HZ:ENERGY_EVERY_S:UTILIZATION_EVERY_S[:DETAIL_HZ], e.g. 10:1:1:10")
+    return dict(zip(keys, values, strict=False))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,10 +149,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hz", type=float, default=100.0)
     parser.add_argument("--window-s", type=float, default=5.0)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--settle-s", type=float, default=0.5, help="wait this long after starting a sampler before its window")
     parser.add_argument("--device-index", type=int, default=0)
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--variants", nargs="+", default=["default"],
-                        help="PROCESS_HZ:ENERGY_EVERY_S:UTILIZATION_EVERY_S per variant; 'default' is the sampler's defaults")
+                        help="'default' (the sampler's defaults), 'floor-event', 'floor-sleep', or "
+                             "PROCESS_HZ:ENERGY_EVERY_S:UTILIZATION_EVERY_S[:DETAIL_HZ]")
     args = parser.parse_args(argv)
 
     has_nvml = nvml_available()
@@ -108,15 +164,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"NVML: ABSENT on this machine; measuring the host_rss fallback at {args.hz:g} Hz instead (no GPU numbers)")
     pid_map = PidMap()
     pid_map.add("this-benchmark", os.getpid())
-    variants = {name: _variant(name) for name in args.variants}
+    variants = {name: {} if name.startswith("floor-") else _variant(name) for name in args.variants}
+    for name in args.variants:
+        if name.startswith("floor-") and name not in ("floor-event", "floor-sleep"):
+            raise SystemExit(f"--variants {name!r}: the floors are 'floor-event' and 'floor-sleep'")
     rows = []
     with tempfile.TemporaryDirectory() as run_dir:
         for round_index in range(args.rounds):
-            rows.append({"round": round_index, "variant": "-"} | window(args.window_s, None))
+            rows.append({"round": round_index, "variant": "-"} | window(args.window_s, None, args.settle_s))
             for name, settings in variants.items():
-                sampler = MemorySampler(Path(run_dir) / f"r{round_index}-{len(rows)}", sample_hz=args.hz,
-                                        device_index=args.device_index, attribution=pid_map, **settings)
-                rows.append({"round": round_index, "variant": name} | window(args.window_s, sampler))
+                sampler: MemorySampler | WakeFloor
+                if name.startswith("floor-"):
+                    sampler = WakeFloor(args.hz, name.removeprefix("floor-"))
+                else:
+                    sampler = MemorySampler(Path(run_dir) / f"r{round_index}-{len(rows)}", sample_hz=args.hz,
+                                            device_index=args.device_index, attribution=pid_map, **settings)
+                rows.append({"round": round_index, "variant": name} | window(args.window_s, sampler, args.settle_s))
     off = [r["cpu_pct_of_core"] for r in rows if r["sampler"] == "off"]
     off_mean = sum(off) / len(off)
     result: dict[str, Any] = {"nvml": has_nvml, "hz": args.hz, "cores": psutil.cpu_count(), "windows": rows,
@@ -142,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
               f"(process {off_mean:.2f} % off, {figures['on_cpu_pct_of_core']:.2f} % on; "
               f"sampler thread alone {figures['sampler_thread_pct_of_core']:.2f} %)")
     if has_nvml:
-        print(f"one device reading {result['device_read_us']:.1f} us, one process listing {result['process_listing_us']:.1f} us")
+        print(f"one full device reading {result['device_read_us']:.1f} us, memory only {result['memory_only_read_us']:.1f} us, "
+              f"one process listing {result['process_listing_us']:.1f} us")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     return 0

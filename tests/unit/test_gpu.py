@@ -325,11 +325,15 @@ def test_nvml_sampler_converts_units_and_attributes_the_engine_child(tmp_path: P
 
 def test_slow_nvml_calls_are_read_at_their_own_lower_rate(tmp_path: Path) -> None:
     library = StandInNvml({7: GIB})
-    with MemorySampler(tmp_path, sample_hz=200, nvml_library=library, energy_every_s=3600, utilization_every_s=3600) as sampler:
-        wait_for(lambda: sampler.ticks >= 20, "20 ticks")
+    with MemorySampler(tmp_path, sample_hz=200, nvml_library=library, energy_every_s=3600, utilization_every_s=3600, detail_hz=10) as sampler:
+        wait_for(lambda: sampler.ticks >= 60, "60 ticks")
     device = read_samples(tmp_path / GPU_FILE).query("scope == 'device'")
-    assert len(device) >= 20 and device["energy_mj"].notna().sum() == 1 and device["power_w"].notna().all()
+    assert len(device) >= 60 and device["used_mib"].notna().all() and device["energy_mj"].notna().sum() == 1
     assert library.calls == {"energy": 1, "process_utilization": 1}
+    # Power, utilization, clocks: about one tick in 20 at 200 Hz with details at 10 Hz, and always together.
+    details = device[["power_w", "utilization_pct", "sm_clock_mhz", "mem_clock_mhz"]].notna()
+    assert (details.all(axis=1) == details.any(axis=1)).all()
+    assert 1 <= details["power_w"].sum() <= len(device) // 20 + 2
 
 
 def test_a_process_keeps_its_last_utilization_for_the_hold_time_then_reads_zero() -> None:
@@ -340,6 +344,8 @@ def test_a_process_keeps_its_last_utilization_for_the_hold_time_then_reads_zero(
     assert [r.utilization_pct for r in reader.processes(S // 2)] == [40]
     assert [r.utilization_pct for r in reader.processes(3 * S // 2)] == [0.0]
     assert [reader.device(t).energy_mj is not None for t in (0, S // 20, S // 10)] == [True, False, True]
+    detailed = NvmlReader(0, library, detail_every_s=0.1)
+    assert [detailed.device(t).power_w is not None for t in (0, S // 20, S // 10)] == [True, False, True]
 
 
 def test_nvml_lost_mid_run_is_counted_and_the_sampler_falls_back_to_host(tmp_path: Path) -> None:

@@ -10,6 +10,9 @@ utilization takes 1.5 ms and NVML holds one sample per process every 200 ms. Mem
 clocks and temperature take 2-10 us each, the process list 45 us. So the energy counter is read at most every
 `energy_every_s` (other device rows leave energy_mj empty), process utilization at most every
 `utilization_every_s`, and a process's last utilization is reported for `utilization_hold_s` after it arrived.
+Memory is read on every call. Utilization, power, clocks and temperature are read at most every
+`detail_every_s` (rows in between leave them empty): NVML itself averages utilization and power over 1/6 s to
+1 s, so reading them 100 times a second only costs calls.
 """
 
 from __future__ import annotations
@@ -95,8 +98,10 @@ class NvmlReader:
         energy_every_s: float = 0.1,
         utilization_every_s: float = 0.2,
         utilization_hold_s: float = 1.0,
+        detail_every_s: float = 0.1,
     ) -> None:
         self.device_index = device_index
+        self.detail_every_ns = int(detail_every_s * 1e9)
         self.energy_every_ns = int(energy_every_s * 1e9)
         self.utilization_every_ns = int(utilization_every_s * 1e9)
         self.utilization_hold_ns = int(utilization_hold_s * 1e9)
@@ -114,6 +119,7 @@ class NvmlReader:
         """pid -> (mean SM % of its latest NVML samples, when they arrived in ns)."""
         self._energy_read_ns: int | None = None
         self._utilization_read_ns: int | None = None
+        self._detail_read_ns: int | None = None
 
     def _optional(self, name: str, read: Callable[[], T]) -> T | None:
         if name in self.unsupported:
@@ -131,26 +137,32 @@ class NvmlReader:
         """The device as a whole at `t_ns`; memory is required, every other field may be None."""
         nvml, handle = self._nvml, self._handle
         memory = nvml.nvmlDeviceGetMemoryInfo(handle)
-        power_mw = self._optional("power", lambda: nvml.nvmlDeviceGetPowerUsage(handle))
-        energy_mj = None
-        if self._energy_read_ns is None or t_ns - self._energy_read_ns >= self.energy_every_ns:
-            self._energy_read_ns = t_ns
-            energy_mj = self._optional("energy", lambda: nvml.nvmlDeviceGetTotalEnergyConsumption(handle))
-        return MemorySample(
+        sample = MemorySample(
             t_ns=t_ns,
             source=SOURCE,
             scope="device",
             device_index=self.device_index,
             used_mib=memory.used / MIB,
             total_mib=memory.total / MIB,
-            utilization_pct=self._optional("utilization", lambda: float(nvml.nvmlDeviceGetUtilizationRates(handle).gpu)),
-            power_w=None if power_mw is None else power_mw / 1000.0,
-            energy_mj=None if energy_mj is None else float(energy_mj),
-            sm_clock_mhz=self._optional("sm_clock", lambda: float(nvml.nvmlDeviceGetClockInfo(handle, nvml.NVML_CLOCK_SM))),
-            mem_clock_mhz=self._optional("mem_clock", lambda: float(nvml.nvmlDeviceGetClockInfo(handle, nvml.NVML_CLOCK_MEM))),
-            temperature_c=self._optional(
-                "temperature", lambda: float(nvml.nvmlDeviceGetTemperature(handle, nvml.NVML_TEMPERATURE_GPU))
-            ),
+        )
+        if self._detail_read_ns is None or t_ns - self._detail_read_ns >= self.detail_every_ns:
+            self._detail_read_ns = t_ns
+            self._read_details(sample)
+        if self._energy_read_ns is None or t_ns - self._energy_read_ns >= self.energy_every_ns:
+            self._energy_read_ns = t_ns
+            energy_mj = self._optional("energy", lambda: nvml.nvmlDeviceGetTotalEnergyConsumption(handle))
+            sample.energy_mj = None if energy_mj is None else float(energy_mj)
+        return sample
+
+    def _read_details(self, sample: MemorySample) -> None:
+        nvml, handle = self._nvml, self._handle
+        power_mw = self._optional("power", lambda: nvml.nvmlDeviceGetPowerUsage(handle))
+        sample.power_w = None if power_mw is None else power_mw / 1000.0
+        sample.utilization_pct = self._optional("utilization", lambda: float(nvml.nvmlDeviceGetUtilizationRates(handle).gpu))
+        sample.sm_clock_mhz = self._optional("sm_clock", lambda: float(nvml.nvmlDeviceGetClockInfo(handle, nvml.NVML_CLOCK_SM)))
+        sample.mem_clock_mhz = self._optional("mem_clock", lambda: float(nvml.nvmlDeviceGetClockInfo(handle, nvml.NVML_CLOCK_MEM)))
+        sample.temperature_c = self._optional(
+            "temperature", lambda: float(nvml.nvmlDeviceGetTemperature(handle, nvml.NVML_TEMPERATURE_GPU))
         )
 
     def processes(self, t_ns: int, known_pids: Collection[int] = ()) -> list[MemorySample]:

@@ -5,8 +5,9 @@ Ticks fall on absolute times (start + k x period) of `servelab.clock.now_ns`, so
 that comes too late to keep is skipped and counted, never made up in a burst. Every tick reads the device;
 every `process_every`-th tick also lists the processes, attributes each pid to its deployment and, when no
 process is there, writes one process row with no pid (so an empty list is told apart from a tick without a
-listing). Rows are flushed about every `flush_every_s`. With NVML, the slow energy counter and per-process
-utilization are read less often (`energy_every_s`, `utilization_every_s`; see servelab.gpu.nvml).
+listing). Rows are flushed about every `flush_every_s`. With NVML, memory is read on every tick; utilization,
+power, clocks and temperature at `detail_hz`, and the slow energy counter and per-process utilization less
+often still (`energy_every_s`, `utilization_every_s`; see servelab.gpu.nvml).
 
 Nothing the thread meets is raised into the caller: NVML errors and write errors are counted and kept on the
 sampler (`failures`, `last_failure`, `failure_messages`), and after `fallback_after_s` of NVML failing without
@@ -77,6 +78,7 @@ class MemorySampler:
         fallback_after_s: float = 5.0,
         energy_every_s: float = 1.0,
         utilization_every_s: float = 1.0,
+        detail_hz: float = 10.0,
         nvml_library: ModuleType | Any = None,
     ) -> None:
         if sample_hz <= 0:
@@ -90,7 +92,11 @@ class MemorySampler:
         self.refresh_every_ns = int(refresh_every_s * 1e9)
         self.fallback_after_ns = int(fallback_after_s * 1e9)
         self._library = nvml_library
-        self._nvml_intervals = {"energy_every_s": energy_every_s, "utilization_every_s": utilization_every_s}
+        self._nvml_intervals = {
+            "energy_every_s": energy_every_s,
+            "utilization_every_s": utilization_every_s,
+            "detail_every_s": 1.0 / detail_hz if detail_hz > 0 else 0.0,
+        }
         if mode == "auto":
             mode = "nvml" if nvml_available(pynvml if nvml_library is None else nvml_library) else "host_rss"
         self.mode: Mode = mode
