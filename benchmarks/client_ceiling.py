@@ -334,9 +334,9 @@ def main() -> int:
 
 
 def _servelab_version() -> str:
-    from importlib import metadata
+    import servelab
 
-    return f"{metadata.version('servelab')} ({aio.loop_name()})"
+    return f"{servelab.__version__} ({aio.loop_name()})"
 
 
 def _row(tool: str, streams: int, got: dict[str, Any], truth: dict[str, Any]) -> dict[str, Any]:

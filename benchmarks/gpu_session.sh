@@ -20,6 +20,8 @@ fi
 if [ ! -d /tmp/site/papermill ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site "$repo"/.whl/*.whl
 fi
+# nbconvert finds its templates in the share/ that pip --target wrote
+export JUPYTER_PATH=/tmp/site/share/jupyter
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1 MPLBACKEND=Agg
 rm -f /tmp/gpu-truth.done
 # Each device call copies the working tree over the repository again, which deletes the folder a running
@@ -27,14 +29,16 @@ rm -f /tmp/gpu-truth.done
 rm -rf /tmp/servelab-repo && cp -a "$repo" /tmp/servelab-repo && repo=/tmp/servelab-repo
 export PYTHONPATH="$repo/lib:/tmp/site:/tmp/vsite"
 cd "$repo"
-if [ "${GPU_CHECKS:-0}" = 1 ]; then
-  mkdir -p /tmp/gpu-checks
+mkdir -p /tmp/gpu-checks
+if [[ " ${GPU_CHECKS:-} " == *" nvml "* ]]; then
+  # shellcheck disable=SC2086 # the variants are words
   python3 benchmarks/nvml_overhead.py --hz 100 --window-s 4 --rounds 2 \
-    --variants default 10:1:1:100 floor-event floor-sleep --json /tmp/gpu-checks/nvml_overhead.json
+    --variants ${NVML_VARIANTS:-default floor-sleep} --json "/tmp/gpu-checks/nvml_overhead-$(date +%H%M%S).json" || true
+fi
+if [[ " ${GPU_CHECKS:-} " == *" streams "* ]]; then
   for i in 1 2 3 4 5; do
-    python3 benchmarks/client_ceiling.py --levels 64 --rounds 16 --tools servelab --json "/tmp/gpu-checks/stream64-$i.json" | tail -3
+    python3 benchmarks/client_ceiling.py --levels 64 --rounds 16 --tools servelab --json "/tmp/gpu-checks/stream64-$i.json" | tail -3 || true
   done
-  cp /tmp/gpu-checks/*.json "${OUT:-/tmp}/" 2>/dev/null || true
 fi
 setsid nohup bash -c '
   for params in "$@"; do

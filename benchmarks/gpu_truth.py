@@ -32,6 +32,7 @@ def main() -> int:
     parser.add_argument("--prompts-per-concurrency", type=int, default=8, help="prompts per comparison point: this x concurrency")
     parser.add_argument("--min-prompts", type=int, default=64, help="but at least this many")
     parser.add_argument("--no-bench", action="store_true", help="no comparison with vllm bench serve (another framework)")
+    parser.add_argument("--agreement-only", action="store_true", help="deploy and compare; no notebooks, no report")
     parser.add_argument("--skip-sweep", action="store_true", help="only deploy, profile memory and compare")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -39,15 +40,16 @@ def main() -> int:
     params, run_dir = open_run(args.params, None, args.outputs)
     print(f"run folder: {run_dir}", flush=True)
     with stop_on_signals(), lab(params, run_dir) as current:
-        for name in NOTEBOOKS[:3]:
+        for name in [] if args.agreement_only else NOTEBOOKS[:3]:
             if args.skip_sweep and name == "02_sweep":
                 continue
             print(f"executing {name}", flush=True)
             execute_notebook(name, run_dir, Path(args.params), Path(args.outputs))
-        # A first report before the comparison, so a session cut short still brings one back.
-        execute_notebook("04_report", run_dir, Path(args.params), Path(args.outputs))
-        export_report(run_dir)
-        print("first report written", flush=True)
+        if not args.agreement_only:
+            # A first report before the comparison, so a session cut short still brings one back.
+            execute_notebook("04_report", run_dir, Path(args.params), Path(args.outputs))
+            export_report(run_dir)
+            print("first report written", flush=True)
         agreement = pd.DataFrame()
         if not args.no_bench:
             server = current.fleet[args.bench or params.deployments[0].name]
@@ -56,7 +58,11 @@ def main() -> int:
                 server, params.sweep, args.concurrency, run_dir, prompts_per_concurrency=args.prompts_per_concurrency,
                 min_prompts=args.min_prompts, python=sys.executable,
             )
-            execute_notebook("04_report", run_dir, Path(args.params), Path(args.outputs))
+            if not args.agreement_only:
+                execute_notebook("04_report", run_dir, Path(args.params), Path(args.outputs))
+    if args.agreement_only:
+        print(agreement.to_string(index=False))
+        return 0
     report = export_report(run_dir)
     write_index(Path(args.outputs))
     with pd.option_context("display.width", 200, "display.max_columns", 30):

@@ -1,7 +1,7 @@
 """servelab against `vllm bench serve` and against the engine's own counters, on the same server and load.
 
 For each concurrency, servelab and `vllm bench serve` each send the same number of random-token prompts of
-the same length, with ignore_eos, one after the other on the same server. Around servelab's point the
+the same length in the model's own tokenizer, greedy and with ignore_eos, one after the other on the same server. Around servelab's point the
 engine's Prometheus generation counter is read, which gives the server-side generation throughput that
 servelab's own output tok/s must reach (else the client, not the engine, is the limit).
 """
@@ -24,6 +24,7 @@ from servelab.params import Sweep
 from servelab.prompts import build_prompts
 from servelab.records import JsonlWriter, RequestRecord
 from servelab.sweep import target_for
+from servelab.tokens import local_tokenizer
 
 log = logging.getLogger(__name__)
 AGREEMENT_FILE = "agreement.csv"
@@ -74,6 +75,7 @@ def vllm_bench_argv(
         "--max-concurrency", str(concurrency),
         "--request-rate", "inf",
         "--ignore-eos",
+        "--temperature", "0",  # greedy, as servelab asks; vllm bench otherwise leaves the server's default
         "--seed", str(seed),
         "--percentile-metrics", "ttft,tpot,itl,e2el",
         "--metric-percentiles", "50,90,99",
@@ -99,7 +101,10 @@ def servelab_point(
     point_sweep = sweep.model_copy(
         update={"requests_per_point": prompts, "duration_s": None, "warmup_requests": min(concurrency, 16), "languages": ("random",)}
     )
-    texts = build_prompts(point_sweep, "random", count=prompts + point_sweep.warmup_requests, seed=seed, prompts_file=None)
+    texts = build_prompts(
+        point_sweep, "random", count=prompts + point_sweep.warmup_requests, seed=seed, prompts_file=None,
+        tokenizer=local_tokenizer(server.model_path),
+    )
     records: list[RequestRecord] = []
 
     def keep(record: RequestRecord) -> None:

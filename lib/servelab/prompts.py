@@ -1,9 +1,11 @@
 """What to send: shipped multilingual passages composed to a target length, random-token prompts, or a local
 ShareGPT file. Everything is seeded (`random.Random`), so the same seed gives the same prompts.
 
-Lengths are counted with the server's tokenizer when a `count_tokens` callable is given (for example
-`servelab.tokens.ServerTokenizer(...).count`), else estimated from a per-language characters-per-token
-ratio. Counts are of the prompt text alone: the server adds its BOS token and, for chat, its template.
+Lengths are counted with the model's own tokenizer.json when one is given (`tokenizer`; the sweep finds it in
+the model's folder), or with any `count_tokens` callable (for example `servelab.tokens.ServerTokenizer(...).count`),
+else estimated from a per-language characters-per-token ratio. The estimate can be far off for a tokenizer
+unlike the large multilingual ones it was taken from. Counts are of the prompt text alone: the server adds its
+BOS token and, for chat, its template.
 """
 
 from __future__ import annotations
@@ -63,12 +65,19 @@ def estimate_tokens(text: str, language: str) -> int:
 
 
 def trim_to_tokens(
-    text: str, target_tokens: int, language: str, count_tokens: CountTokens | None = None
+    text: str,
+    target_tokens: int,
+    language: str,
+    count_tokens: CountTokens | None = None,
+    tokenizer: JsonTokenizer | None = None,
 ) -> tuple[str, int | None]:
     """The longest prefix of `text` with at most `target_tokens` tokens, and its counted length (None if estimated).
 
-    With a tokenizer: binary search over the prefix length in characters (about log2(len) counts).
+    With a tokenizer.json: cut at a token boundary (one encoding). With only a counter: binary search over the
+    prefix length in characters (about log2(len) counts).
     """
+    if tokenizer is not None:
+        return tokenizer.prefix(text, target_tokens)
     if count_tokens is None:
         chars = round(target_tokens * CHARS_PER_TOKEN.get(language, 4.0))
         return text[:chars], None
@@ -97,6 +106,21 @@ def _sentences(passage: str) -> list[str]:
     return [s for s in _SENTENCE_END.split(passage) if s]
 
 
+def _grow(
+    parts: list[str], first: int, shipped: tuple[str, ...], rng: random.Random, language: str, target_tokens: int
+) -> str:
+    """Append the other passages in a random order to `parts` until the estimate is twice the target; the text."""
+    order = [i for i in range(len(shipped)) if i != first]
+    rng.shuffle(order)
+    text = "\n\n".join(parts)
+    for index in order:
+        parts.append(shipped[index])
+        text = "\n\n".join(parts)
+        if estimate_tokens(text, language) >= 2 * target_tokens:
+            break
+    return text
+
+
 def compose_prompts(
     language: str,
     count: int,
@@ -104,6 +128,7 @@ def compose_prompts(
     seed: int,
     *,
     count_tokens: CountTokens | None = None,
+    tokenizer: JsonTokenizer | None = None,
     salt: str = "",
 ) -> list[Prompt]:
     """`count` prompts of about `target_tokens` tokens from the shipped passages of `language`.
@@ -116,6 +141,8 @@ def compose_prompts(
     if count < 0 or target_tokens < 1:
         raise ValueError(f"count must be >= 0 and target_tokens >= 1, got {count} and {target_tokens}")
     shipped = passages(language)
+    if tokenizer is not None:
+        count_tokens = count_tokens or tokenizer.count
     rng = random.Random(f"servelab.prompts:{language}:{seed}:{salt}")
     separator = " " if language in ("en", "es", "ko") else ""
     prompts: list[Prompt] = []
@@ -125,14 +152,18 @@ def compose_prompts(
         start = rng.randrange(len(sentences))
         parts = [f"{rng.getrandbits(32):08x} " + separator.join(sentences[start:])]
         text = parts[0]
+        if tokenizer is not None:
+            # One encoding both trims and tells whether the text was long enough: grow only when it was not.
+            while estimate_tokens(text, language) < target_tokens:
+                text = _grow(parts, first, shipped, rng, language, target_tokens)
+            trimmed, counted = tokenizer.prefix(text, target_tokens)
+            while counted < target_tokens - 2 and trimmed == text:
+                text = _grow(parts, first, shipped, rng, language, target_tokens)
+                trimmed, counted = tokenizer.prefix(text, target_tokens)
+            prompts.append(Prompt(trimmed, language, target_tokens, counted))
+            continue
         while not _long_enough(text, target_tokens, language, count_tokens):
-            order = [i for i in range(len(shipped)) if i != first]
-            rng.shuffle(order)
-            for index in order:
-                parts.append(shipped[index])
-                text = "\n\n".join(parts)
-                if estimate_tokens(text, language) >= 2 * target_tokens:
-                    break
+            text = _grow(parts, first, shipped, rng, language, target_tokens)
         trimmed, counted = trim_to_tokens(text, target_tokens, language, count_tokens)
         prompts.append(Prompt(trimmed, language, target_tokens, counted))
     return prompts
@@ -178,7 +209,7 @@ def random_prompts(
         text = draw(target_tokens)
         while count_tokens is not None and count_tokens(text) < target_tokens:
             text += " " + draw(target_tokens)
-        trimmed, counted = trim_to_tokens(text, target_tokens, "random", count_tokens)
+        trimmed, counted = trim_to_tokens(text, target_tokens, "random", count_tokens, tokenizer)
         prompts.append(Prompt(trimmed, "random", target_tokens, counted))
     return prompts
 
@@ -256,16 +287,21 @@ def build_prompts(
     salt: str = "",
 ) -> list[Prompt]:
     """The prompts of one load point as the sweep asks: a ShareGPT `prompts_file`, random tokens
-    (language 'random') or the shipped passages, `sweep.input_tokens` long (ShareGPT turns keep their own length).
+    (language 'random') or the shipped passages, `sweep.input_tokens` long (ShareGPT turns keep their own length),
+    counted with `tokenizer` (the model's tokenizer.json) or `count_tokens` where given.
 
     `seed` defaults to sweep.seed; give each point its own seed (or `salt`) so points do not share prompts,
     and with them a server's prefix cache.
     """
     seed = sweep.seed if seed is None else seed
+    if tokenizer is not None:
+        count_tokens = count_tokens or tokenizer.count
     if prompts_file:
         return load_sharegpt(prompts_file, count, seed, count_tokens=count_tokens, salt=salt)
     if language == "random":
         return random_prompts(
             count, sweep.input_tokens, seed, tokenizer=tokenizer, count_tokens=count_tokens, salt=salt
         )
-    return compose_prompts(language, count, sweep.input_tokens, seed, count_tokens=count_tokens, salt=salt)
+    return compose_prompts(
+        language, count, sweep.input_tokens, seed, count_tokens=count_tokens, tokenizer=tokenizer, salt=salt
+    )

@@ -38,6 +38,7 @@ from servelab.records import (
     read_requests,
     rewrite_jsonl,
 )
+from servelab.tokens import local_tokenizer
 
 log = logging.getLogger(__name__)
 FINISHED = ("done", "failed")
@@ -155,7 +156,8 @@ async def _run_point(
         count = prompt_count(point, params) + params.sweep.warmup_requests
         for offset, server in enumerate(servers):
             prompts = build_prompts(
-                params.sweep, point.language, count=count, seed=point_seed + offset, prompts_file=params.sweep.prompts_file
+                params.sweep, point.language, count=count, seed=point_seed + offset, prompts_file=params.sweep.prompts_file,
+                tokenizer=local_tokenizer(server.model_path),
             )
             jobs.append(
                 load_module.run_point(

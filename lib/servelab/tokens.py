@@ -6,6 +6,7 @@ Counters have a sync `count` (to build prompts before a run) and an async `count
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
@@ -39,6 +40,22 @@ class JsonTokenizer:
     def count(self, text: str) -> int:
         return len(self.tokenizer.encode(text, add_special_tokens=False).ids)
 
+    def prefix(self, text: str, max_tokens: int) -> tuple[str, int]:
+        """The longest prefix of `text` that cuts at a token boundary and counts at most `max_tokens`, and its count.
+
+        One encoding gives each token's character span; a cut can re-encode one token longer (a character split
+        over byte-level tokens), so the cut steps back until the count fits.
+        """
+        encoding = self.tokenizer.encode(text, add_special_tokens=False)
+        if len(encoding.ids) <= max_tokens:
+            return text, len(encoding.ids)
+        for kept in range(max_tokens, 0, -1):
+            candidate = text[: encoding.offsets[kept - 1][1]]
+            counted = self.count(candidate)
+            if counted <= max_tokens:
+                return candidate, counted
+        return "", 0
+
     async def count_async(self, text: str) -> int:
         return self.count(text)
 
@@ -46,6 +63,15 @@ class JsonTokenizer:
         """Token ids that are not special or added tokens: what random prompts draw from."""
         added = set(self.tokenizer.get_added_tokens_decoder())
         return [i for i in range(self.tokenizer.get_vocab_size(with_added_tokens=False)) if i not in added]
+
+
+@functools.cache
+def local_tokenizer(model_path: str | None) -> JsonTokenizer | None:
+    """The tokenizer.json in a model folder (a Hugging Face snapshot or a shape), or None where there is none."""
+    if not model_path:
+        return None
+    path = Path(model_path) / "tokenizer.json"
+    return JsonTokenizer(path) if path.is_file() else None
 
 
 class ServerTokenizer:

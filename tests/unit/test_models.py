@@ -217,3 +217,22 @@ def test_custom_shape_missing_numbers_is_refused_with_their_names(tmp_path: Path
 def test_custom_shape_file_that_does_not_exist(tmp_path: Path) -> None:
     with pytest.raises(ParamsError, match="no such file"):
         resolve_shape(str(tmp_path / "missing.json"))
+
+
+# ------------------------------------------------------------------------------------ prompts in its tokens
+@pytest.mark.parametrize("language", ["en", "ko", "zh"])
+def test_sweep_prompts_hit_the_target_in_the_shape_tokenizer(qwen_folder: Path, language: str) -> None:
+    """The GPU run of 2026-12-01 sent ~520 (en) and ~630 (zh) tokens for a 256-token target: the prompts had been
+    sized by a characters-per-token estimate. With the model folder's tokenizer they are sized in its tokens."""
+    from servelab.prompts import compose_prompts, random_prompts
+    from servelab.tokens import local_tokenizer
+
+    tokenizer = local_tokenizer(str(qwen_folder))
+    assert tokenizer is not None
+    prompts = compose_prompts(language, 12, 256, seed=3, tokenizer=tokenizer)
+    counts = [tokenizer.count(p.text) for p in prompts]
+    assert counts == [p.token_count for p in prompts]
+    assert all(254 <= n <= 256 for n in counts), counts
+    randoms = random_prompts(6, 256, seed=3, tokenizer=tokenizer)
+    assert all(254 <= tokenizer.count(p.text) <= 256 for p in randoms)
+    assert local_tokenizer(str(qwen_folder / "no-such-folder")) is None and local_tokenizer(None) is None
