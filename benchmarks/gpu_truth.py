@@ -31,6 +31,7 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64, 256])
     parser.add_argument("--prompts-per-concurrency", type=int, default=8, help="prompts per comparison point: this x concurrency")
     parser.add_argument("--min-prompts", type=int, default=64, help="but at least this many")
+    parser.add_argument("--rounds", type=int, default=2, help="the two clients take turns over this many rounds")
     parser.add_argument("--no-bench", action="store_true", help="no comparison with vllm bench serve (another framework)")
     parser.add_argument("--agreement-only", action="store_true", help="deploy and compare; no notebooks, no report")
     parser.add_argument("--skip-sweep", action="store_true", help="only deploy, profile memory and compare")
@@ -56,7 +57,7 @@ def main() -> int:
             print(f"comparing with vllm bench serve on {server.name}", flush=True)
             agreement = compare_with_vllm_bench(
                 server, params.sweep, args.concurrency, run_dir, prompts_per_concurrency=args.prompts_per_concurrency,
-                min_prompts=args.min_prompts, python=sys.executable,
+                min_prompts=args.min_prompts, python=sys.executable, rounds=args.rounds,
             )
             if not args.agreement_only:
                 execute_notebook("04_report", run_dir, Path(args.params), Path(args.outputs))

@@ -1,9 +1,9 @@
 """servelab against `vllm bench serve` and against the engine's own counters, on the same server and load.
 
 For each concurrency, servelab and `vllm bench serve` each send the same number of random-token prompts of
-the same length in the model's own tokenizer, greedy and with ignore_eos, one after the other on the same server. Around servelab's point the
-engine's Prometheus generation counter is read, which gives the server-side generation throughput that
-servelab's own output tok/s must reach (else the client, not the engine, is the limit).
+the same length in the model's own tokens, greedy and with ignore_eos, taking turns on the same server. Around
+each servelab point the engine's Prometheus generation counter is read, which gives the server-side generation
+throughput that servelab's own output tok/s must reach (else the client, not the engine, is the limit).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ class AgreementRow:
     deployment: str
     concurrency: int
     prompts: int
+    rounds: int
     servelab_output_tok_s: float
     vllm_bench_output_tok_s: float | None
     output_tok_s_diff_pct: float | None
@@ -58,7 +59,7 @@ def _diff_pct(ours: float, theirs: float | None) -> float | None:
 
 def vllm_bench_argv(
     server: RunningServer, concurrency: int, prompts: int, input_len: int, output_len: int, result_dir: Path,
-    python: str = "python3", seed: int = 0,
+    python: str = "python3", seed: int = 0, label: str = "",
 ) -> list[str]:
     """`vllm bench serve` on the random dataset at one concurrency, saving its result JSON."""
     return [
@@ -81,7 +82,7 @@ def vllm_bench_argv(
         "--metric-percentiles", "50,90,99",
         "--save-result",
         "--result-dir", str(result_dir),
-        "--result-filename", f"vllm-bench-c{concurrency}.json",
+        "--result-filename", f"vllm-bench-c{concurrency}{label}.json",
     ]
 
 
@@ -94,10 +95,26 @@ def run_vllm_bench(argv: list[str], result_dir: Path, log_path: Path) -> dict:
     return json.loads(result.read_text())
 
 
+@dataclass
+class ServelabWindow:
+    """One servelab point of the comparison: its records, and the engine's and the client's token counts over it."""
+
+    records: list[RequestRecord]
+    window_s: float
+    server_tokens: float | None
+    """Generated tokens by the engine's own Prometheus counter over the window (warm-up included)."""
+    received_tokens: int
+    """Tokens servelab received over the same window (server-counted, warm-up included)."""
+
+    @property
+    def measured(self) -> list[RequestRecord]:
+        return [record for record in self.records if not record.warmup]
+
+
 def servelab_point(
-    server: RunningServer, sweep: Sweep, concurrency: int, prompts: int, writer: JsonlWriter, seed: int
-) -> tuple[list[RequestRecord], float | None, float | None]:
-    """One closed-loop point of random-token prompts: its records, the server's and the client's tok/s over it."""
+    server: RunningServer, sweep: Sweep, concurrency: int, prompts: int, writer: JsonlWriter, seed: int, label: str = ""
+) -> ServelabWindow:
+    """One closed-loop point of random-token prompts in the model's own tokens, bracketed by the engine's counter."""
     point_sweep = sweep.model_copy(
         update={"requests_per_point": prompts, "duration_s": None, "warmup_requests": min(concurrency, 16), "languages": ("random",)}
     )
@@ -114,53 +131,91 @@ def servelab_point(
     async def go() -> None:
         async with make_client(concurrency) as client:
             await run_point(client, target_for(server), texts, "concurrency", float(concurrency), point_sweep,
-                            f"{server.name}/random/agreement-c{concurrency}", keep)
+                            f"{server.name}/random/agreement-c{concurrency}{label}", keep)
 
     before = engine_metrics.snapshot(server.base_url, server.metrics_path or "/metrics")
     run_sync(go())
     after = engine_metrics.snapshot(server.base_url, server.metrics_path or "/metrics")
-    window_s = (after.t_ns - before.t_ns) / 1e9
+    server_tokens = None
+    if before.generated_tokens is not None and after.generated_tokens is not None:
+        server_tokens = after.generated_tokens - before.generated_tokens
     received = sum(record.output_tokens or 0 for record in records if record.ok)
-    return records, engine_metrics.server_output_tok_s(before, after), received / window_s if window_s > 0 else None
+    return ServelabWindow(records, (after.t_ns - before.t_ns) / 1e9, server_tokens, received)
 
 
-def _mean(summary: pd.DataFrame, metric: str, stat: str = "mean") -> float:
-    rows = summary[(summary["metric"] == metric) & (summary["stat"] == stat)]
-    return float(rows["value"].iloc[0]) if not rows.empty else float("nan")
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
+
+
+def _pooled_bench(results: list[dict]) -> dict[str, float | None]:
+    """vllm bench's rounds as one run: tokens over summed durations, means weighted by completed requests."""
+    if not results:
+        return {"output_throughput": None, "mean_ttft_ms": None, "mean_tpot_ms": None}
+    completed = sum(r["completed"] for r in results)
+    return {
+        "output_throughput": sum(r["total_output_tokens"] for r in results) / sum(r["duration"] for r in results),
+        "mean_ttft_ms": sum(r["mean_ttft_ms"] * r["completed"] for r in results) / completed if completed else None,
+        "mean_tpot_ms": sum(r["mean_tpot_ms"] * r["completed"] for r in results) / completed if completed else None,
+    }
 
 
 def compare_with_vllm_bench(
     server: RunningServer, sweep: Sweep, concurrencies: list[int], run_dir: Path, prompts_per_concurrency: int = 8,
-    min_prompts: int = 64, python: str = "python3",
+    min_prompts: int = 64, python: str = "python3", rounds: int = 2,
 ) -> pd.DataFrame:
-    """The agreement table, also written to `<run>/agreement.csv`; vLLM's results are kept in `<run>/vllm-bench/`."""
+    """The agreement table, also written to `<run>/agreement.csv`; vLLM's results are kept in `<run>/vllm-bench/`.
+
+    Each concurrency is split into `rounds` rounds, and the two clients take turns: servelab first in even
+    rounds, vllm bench first in odd ones. The engine's speed drifts between windows (its own counter showed a
+    3 % change in TPOT between two back-to-back windows on the H200); taking turns puts both clients on both
+    sides of a drift, and each is then pooled over its rounds.
+    """
     rows = []
     bench_dir = run_dir / "vllm-bench"
     with JsonlWriter(run_dir / AGREEMENT_REQUESTS_FILE) as writer:
         for index, concurrency in enumerate(concurrencies):
             prompts = max(min_prompts, prompts_per_concurrency * concurrency)
-            records, server_tok_s, received_tok_s = servelab_point(server, sweep, concurrency, prompts, writer, seed=sweep.seed + index)
-            summary = metrics.summarize(records, None)
-            ours_tok_s = _mean(summary, "output_tok_s", "value")
-            theirs: dict = {}
-            try:
-                argv = vllm_bench_argv(server, concurrency, prompts, sweep.input_tokens, sweep.output_tokens, bench_dir, python)
-                theirs = run_vllm_bench(argv, bench_dir, run_dir / "logs" / "vllm-bench.log")
-            except (subprocess.SubprocessError, OSError, ValueError) as error:
-                log.error("vllm bench serve failed at concurrency %d: %s", concurrency, error)
+            per_round = max(concurrency, -(-prompts // rounds))
+            windows: list[ServelabWindow] = []
+            bench_results: list[dict] = []
+            for round_index in range(rounds):
+                seed = sweep.seed + 100 * index + round_index
+                label = f"-r{round_index}" if rounds > 1 else ""
+                order = ("servelab", "vllm-bench") if round_index % 2 == 0 else ("vllm-bench", "servelab")
+                for client in order:
+                    if client == "servelab":
+                        windows.append(servelab_point(server, sweep, concurrency, per_round, writer, seed, label))
+                        continue
+                    argv = vllm_bench_argv(server, concurrency, per_round, sweep.input_tokens, sweep.output_tokens,
+                                           bench_dir, python, seed, label)
+                    try:
+                        bench_results.append(run_vllm_bench(argv, bench_dir, run_dir / "logs" / "vllm-bench.log"))
+                    except (subprocess.SubprocessError, OSError, ValueError) as error:
+                        log.error("vllm bench serve failed at concurrency %d: %s", concurrency, error)
+            measured = [record for window in windows for record in window.measured if record.ok]
+            seconds = sum(metrics.duration_s(window.measured) for window in windows)
+            ours_tok_s = sum(metrics.output_tokens(r) or 0 for r in measured) / seconds if seconds > 0 else float("nan")
+            ours_ttft = _mean([v for v in map(metrics.ttft_ms, measured) if v is not None])
+            ours_tpot = _mean([v for v in map(metrics.tpot_ms, measured) if v is not None])
+            window_s = sum(window.window_s for window in windows)
+            server_tokens = None if any(w.server_tokens is None for w in windows) else sum(w.server_tokens or 0 for w in windows)
+            server_tok_s = None if server_tokens is None or window_s <= 0 else server_tokens / window_s
+            received_tok_s = sum(w.received_tokens for w in windows) / window_s if window_s > 0 else None
+            bench = _pooled_bench(bench_results)
             row = AgreementRow(
                 deployment=server.name,
                 concurrency=concurrency,
-                prompts=prompts,
+                prompts=per_round * rounds,
+                rounds=rounds,
                 servelab_output_tok_s=round(ours_tok_s, 1),
-                vllm_bench_output_tok_s=theirs.get("output_throughput"),
-                output_tok_s_diff_pct=_diff_pct(ours_tok_s, theirs.get("output_throughput")),
-                servelab_mean_ttft_ms=round(_mean(summary, "ttft_ms"), 2),
-                vllm_bench_mean_ttft_ms=theirs.get("mean_ttft_ms"),
-                ttft_diff_pct=_diff_pct(_mean(summary, "ttft_ms"), theirs.get("mean_ttft_ms")),
-                servelab_mean_tpot_ms=round(_mean(summary, "tpot_ms"), 3),
-                vllm_bench_mean_tpot_ms=theirs.get("mean_tpot_ms"),
-                tpot_diff_pct=_diff_pct(_mean(summary, "tpot_ms"), theirs.get("mean_tpot_ms")),
+                vllm_bench_output_tok_s=bench["output_throughput"],
+                output_tok_s_diff_pct=_diff_pct(ours_tok_s, bench["output_throughput"]),
+                servelab_mean_ttft_ms=round(ours_ttft, 2),
+                vllm_bench_mean_ttft_ms=bench["mean_ttft_ms"],
+                ttft_diff_pct=_diff_pct(ours_ttft, bench["mean_ttft_ms"]),
+                servelab_mean_tpot_ms=round(ours_tpot, 3),
+                vllm_bench_mean_tpot_ms=bench["mean_tpot_ms"],
+                tpot_diff_pct=_diff_pct(ours_tpot, bench["mean_tpot_ms"]),
                 server_output_tok_s=None if server_tok_s is None else round(server_tok_s, 1),
                 client_received_tok_s=None if received_tok_s is None else round(received_tok_s, 1),
                 received_over_server=None if not server_tok_s or received_tok_s is None else round(received_tok_s / server_tok_s, 4),

@@ -403,3 +403,27 @@ def test_summary_columns_hold_plain_types():
     summary = summarize(recorded())
     assert summary["value"].dtype == float
     assert pd.api.types.is_string_dtype(summary["metric"]) or summary["metric"].dtype == object
+
+
+# --------------------------------------------------------------------- the GPU comparison's bookkeeping
+def test_vllm_bench_rounds_pool_as_one_run_and_the_command_asks_for_greedy(tmp_path: Path) -> None:
+    from servelab.agreement import _pooled_bench, vllm_bench_argv
+    from servelab.deploy import RunningServer
+
+    rounds = [
+        {"completed": 100, "total_output_tokens": 12_800, "duration": 10.0, "mean_ttft_ms": 50.0, "mean_tpot_ms": 10.0},
+        {"completed": 300, "total_output_tokens": 38_400, "duration": 40.0, "mean_ttft_ms": 70.0, "mean_tpot_ms": 12.0},
+    ]
+    pooled = _pooled_bench(rounds)
+    assert pooled["output_throughput"] == pytest.approx(51_200 / 50.0)
+    assert pooled["mean_ttft_ms"] == pytest.approx(65.0) and pooled["mean_tpot_ms"] == pytest.approx(11.5)
+    assert _pooled_bench([]) == {"output_throughput": None, "mean_ttft_ms": None, "mean_tpot_ms": None}
+
+    server = RunningServer(
+        name="tiny", framework="vllm", model="m", served_model="tiny", api_flavour="openai", base_url="http://127.0.0.1:1",
+        port=1, pid=1, log_path="", argv=[], launched_ns=0, ready_ns=0, model_path="/m",
+    )
+    argv = vllm_bench_argv(server, 16, 64, 256, 128, tmp_path, seed=3, label="-r1")
+    assert argv[argv.index("--temperature") + 1] == "0" and "--ignore-eos" in argv
+    assert argv[argv.index("--result-filename") + 1] == "vllm-bench-c16-r1.json"
+    assert argv[argv.index("--random-input-len") + 1] == "256" and argv[argv.index("--tokenizer") + 1] == "/m"
