@@ -102,8 +102,9 @@ def memory_timeline(samples: pd.DataFrame, points: pd.DataFrame | None = None) -
     source = rows["source"].iloc[0]
     rows["deployment"] = rows["deployment"].fillna("other processes")
     start = samples["t_ns"].min()
-    rows["t_s"] = ((rows["t_ns"] - start) / 1e9).round(1)
-    wide = rows.groupby(["t_s", "deployment"])["used_mib"].sum().unstack(fill_value=0.0).sort_index()
+    # One column per listing (its exact t_ns): rounding times first would add two listings that fall in one bin.
+    wide = rows.groupby(["t_ns", "deployment"])["used_mib"].sum().unstack(fill_value=0.0).sort_index()
+    wide.index = (wide.index - start) / 1e9
     figure, axis = plt.subplots(figsize=(10, 3.8))
     axis.stackplot(wide.index, wide.T.values, labels=wide.columns, alpha=0.85)
     device = samples[samples["scope"] == "device"]

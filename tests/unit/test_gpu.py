@@ -557,3 +557,14 @@ def test_energy_counter_reset_is_skipped_not_negative() -> None:
 
 def test_no_energy_fields_gives_an_empty_table() -> None:
     assert energy_per_deployment(frame([device_row(0, 1), device_row(1, 1)])).empty
+
+
+def test_the_memory_timeline_stacks_each_listing_once_even_when_two_fall_in_one_tenth_of_a_second() -> None:
+    from servelab import plots
+
+    rows = []
+    for t in (0.10, 0.14, 0.22, 0.26):  # 0.10 and 0.14 both round to 0.1 s; 0.22 and 0.26 to 0.2 and 0.3
+        rows += [device_row(t, 30_000), process_row(t, 1, "a", 10_000), process_row(t, 2, "b", 20_000)]
+    figure = plots.memory_timeline(frame(rows))
+    top = max(collection.get_paths()[0].vertices[:, 1].max() for collection in figure.axes[0].collections)
+    assert top == pytest.approx(30_000)
