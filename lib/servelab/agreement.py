@@ -23,8 +23,7 @@ from servelab.load import make_client, run_point
 from servelab.params import Sweep
 from servelab.prompts import build_prompts
 from servelab.records import JsonlWriter, RequestRecord
-from servelab.sweep import target_for
-from servelab.tokens import local_tokenizer
+from servelab.sweep import prompt_tokenizer, target_for
 
 log = logging.getLogger(__name__)
 AGREEMENT_FILE = "agreement.csv"
@@ -120,7 +119,7 @@ def servelab_point(
     )
     texts = build_prompts(
         point_sweep, "random", count=prompts + point_sweep.warmup_requests, seed=seed, prompts_file=None,
-        tokenizer=local_tokenizer(server.model_path),
+        tokenizer=prompt_tokenizer(server),
     )
     records: list[RequestRecord] = []
 

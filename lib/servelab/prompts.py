@@ -1,10 +1,10 @@
 """What to send: shipped multilingual passages composed to a target length, random-token prompts, or a local
 ShareGPT file. Everything is seeded (`random.Random`), so the same seed gives the same prompts.
 
-Lengths are counted with the model's own tokenizer.json when one is given (`tokenizer`; the sweep finds it in
-the model's folder), or with any `count_tokens` callable (for example `servelab.tokens.ServerTokenizer(...).count`),
-else estimated from a per-language characters-per-token ratio. The estimate can be far off for a tokenizer
-unlike the large multilingual ones it was taken from. Counts are of the prompt text alone: the server adds its
+Lengths are counted with the model's own tokenizer when one is given (`tokenizer`: the tokenizer.json in the
+model's folder, or the server's /tokenize; the sweep picks), or with any `count_tokens` callable, else estimated
+from a per-language characters-per-token ratio. The estimate can be far off for a tokenizer unlike the large
+multilingual ones it was taken from: SmolLM2's made Korean prompts three times their target. Counts are of the prompt text alone: the server adds its
 BOS token and, for chat, its template.
 """
 
@@ -19,15 +19,23 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from servelab.errors import ParamsError
+from servelab.tokens import JsonTokenizer
 
 if TYPE_CHECKING:
     from servelab.params import Sweep
-    from servelab.tokens import JsonTokenizer
 
 CountTokens = Callable[[str], int]
+
+
+class PromptTokenizer(Protocol):
+    """What cuts prompts to length: a model's tokenizer.json (`JsonTokenizer`) or the server's (`ServerTokenizer`)."""
+
+    def count(self, text: str) -> int: ...
+
+    def prefix(self, text: str, max_tokens: int) -> tuple[str, int]: ...
 
 SHIPPED_LANGUAGES = ("en", "ko", "zh", "ja", "es")
 CHARS_PER_TOKEN = {"en": 4.2, "es": 3.7, "ko": 1.6, "zh": 1.4, "ja": 1.5, "random": 4.2, "sharegpt": 4.0}
@@ -69,7 +77,7 @@ def trim_to_tokens(
     target_tokens: int,
     language: str,
     count_tokens: CountTokens | None = None,
-    tokenizer: JsonTokenizer | None = None,
+    tokenizer: PromptTokenizer | None = None,
 ) -> tuple[str, int | None]:
     """The longest prefix of `text` with at most `target_tokens` tokens, and its counted length (None if estimated).
 
@@ -128,7 +136,7 @@ def compose_prompts(
     seed: int,
     *,
     count_tokens: CountTokens | None = None,
-    tokenizer: JsonTokenizer | None = None,
+    tokenizer: PromptTokenizer | None = None,
     salt: str = "",
 ) -> list[Prompt]:
     """`count` prompts of about `target_tokens` tokens from the shipped passages of `language`.
@@ -182,26 +190,29 @@ def random_prompts(
     target_tokens: int,
     seed: int,
     *,
-    tokenizer: JsonTokenizer | None = None,
+    tokenizer: PromptTokenizer | None = None,
     count_tokens: CountTokens | None = None,
     salt: str = "",
 ) -> list[Prompt]:
     """`count` prompts of random tokens (language 'random'), the usual way to measure without content effects.
 
     With a tokenizer.json: token ids drawn uniformly from its ordinary (non-special) vocabulary, decoded,
-    then trimmed by count. Without: words drawn uniformly from the shipped English and Spanish passages.
+    then cut to length. Otherwise words drawn uniformly from the shipped English and Spanish passages, cut
+    by the given tokenizer (a server's) or by the estimate.
     """
     rng = random.Random(f"servelab.prompts:random:{seed}:{salt}")
+    vocabulary = tokenizer if isinstance(tokenizer, JsonTokenizer) else None
     if tokenizer is not None:
-        ids = tokenizer.ordinary_ids()
         count_tokens = count_tokens or tokenizer.count
+    if vocabulary is not None:
+        ids = vocabulary.ordinary_ids()
     else:
         pool = _word_pool()
 
     def draw(tokens: int) -> str:
-        if tokenizer is not None:
+        if vocabulary is not None:
             # Random ids rarely round-trip through decode and encode exactly: draw extra, then trim by count.
-            return tokenizer.decode(rng.choices(ids, k=tokens + tokens // 4 + 8))
+            return vocabulary.decode(rng.choices(ids, k=tokens + tokens // 4 + 8))
         return " ".join(rng.choices(pool, k=math.ceil(tokens * 1.5) + 4))
 
     prompts: list[Prompt] = []
@@ -283,7 +294,7 @@ def build_prompts(
     seed: int | None = None,
     prompts_file: str | Path | None = None,
     count_tokens: CountTokens | None = None,
-    tokenizer: JsonTokenizer | None = None,
+    tokenizer: PromptTokenizer | None = None,
     salt: str = "",
 ) -> list[Prompt]:
     """The prompts of one load point as the sweep asks: a ShareGPT `prompts_file`, random tokens

@@ -114,6 +114,28 @@ def failures(points: pd.DataFrame, requests: pd.DataFrame) -> pd.DataFrame:
     return bad
 
 
+PROMPT_LENGTH_TOLERANCE = 0.10
+"""Prompts whose server-counted length is off the target by more than this share are reported."""
+
+
+def prompt_length_warnings(summary: pd.DataFrame, target_tokens: int) -> list[str]:
+    """One line per deployment and language whose prompts averaged more than 10 % off `target_tokens`, by the
+    server's count. Without the model's tokenizer servelab estimates lengths from characters, and a small
+    tokenizer can double them (the shape models' prompts averaged 521 tokens against 256)."""
+    rows = summary[(summary["metric"] == "prompt_tokens") & (summary["stat"] == "mean")].dropna(subset=["value"])
+    if rows.empty or target_tokens <= 0:
+        return []
+    notes = []
+    for (deployment, language), group in rows.groupby(["deployment", "language"], sort=True):
+        mean = float(group["value"].mean())
+        if abs(mean - target_tokens) > PROMPT_LENGTH_TOLERANCE * target_tokens:
+            notes.append(
+                f"Prompts of {deployment} / {language} averaged {mean:.0f} tokens by the server's count, against a "
+                f"target of {target_tokens}: read its throughput and latency for that length."
+            )
+    return notes
+
+
 def warnings(run_dir: Path, summary: pd.DataFrame, samples: pd.DataFrame) -> pd.DataFrame:
     """Things a reader must know before trusting the numbers."""
     manifest = read_manifest(run_dir)
@@ -124,6 +146,9 @@ def warnings(run_dir: Path, summary: pd.DataFrame, samples: pd.DataFrame) -> pd.
         notes.append("No GPU: memory figures are the host RSS of the engine processes, not GPU memory.")
     if not samples.empty and samples["source"].iloc[0] != "nvml":
         notes.append("Memory source is host_rss (labelled as such in every plot).")
+    sweep = (manifest.get("params") or {}).get("sweep") or {}
+    if sweep.get("input_tokens") and not sweep.get("prompts_file"):
+        notes.extend(prompt_length_warnings(summary, int(sweep["input_tokens"])))
     calibration = manifest.get("calibration")
     if calibration is None:
         notes.append("The client was not calibrated for this run (`servelab calibrate`); its ceiling is unknown.")

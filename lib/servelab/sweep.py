@@ -14,6 +14,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pandas as pd
 from tqdm.auto import tqdm
 
@@ -38,7 +39,7 @@ from servelab.records import (
     read_requests,
     rewrite_jsonl,
 )
-from servelab.tokens import local_tokenizer
+from servelab.tokens import JsonTokenizer, ServerTokenizer, local_tokenizer
 
 log = logging.getLogger(__name__)
 FINISHED = ("done", "failed")
@@ -146,6 +147,26 @@ def prompt_count(point: LoadPoint, params: Params) -> int:
     return max(64, int(point.load_value * params.sweep.duration_s * 1.25))
 
 
+SERVER_TOKENIZERS = ("llamacpp", "vllm")
+"""Frameworks whose server has /tokenize and /detokenize (servelab.tokens.ServerTokenizer)."""
+
+
+def prompt_tokenizer(server: RunningServer) -> JsonTokenizer | ServerTokenizer | None:
+    """What cuts this server's prompts to length: the tokenizer.json in its model folder, else the server's own
+    /tokenize, else None (lengths estimated from characters, and the report warns when they come out far off)."""
+    local = local_tokenizer(server.model_path)
+    if local is not None or server.framework not in SERVER_TOKENIZERS:
+        return local
+    remote = ServerTokenizer(server.base_url, flavour=server.framework, model=server.served_model)  # type: ignore[arg-type]
+    try:
+        remote.prefix("servelab sizes prompts in the server's own tokens", 2)
+    except (httpx.HTTPError, RuntimeError, ValueError) as error:
+        log.info("%s: no usable /tokenize and /detokenize (%s); prompt lengths are estimated", server.name, error)
+        remote.close()
+        return None
+    return remote
+
+
 async def _run_point(
     point: LoadPoint, params: Params, fleet: Fleet, writer: JsonlWriter, point_seed: int
 ) -> list[load_module.PointOutcome]:
@@ -155,10 +176,15 @@ async def _run_point(
         jobs = []
         count = prompt_count(point, params) + params.sweep.warmup_requests
         for offset, server in enumerate(servers):
-            prompts = build_prompts(
-                params.sweep, point.language, count=count, seed=point_seed + offset, prompts_file=params.sweep.prompts_file,
-                tokenizer=local_tokenizer(server.model_path),
-            )
+            tokenizer = prompt_tokenizer(server)
+            try:
+                prompts = build_prompts(
+                    params.sweep, point.language, count=count, seed=point_seed + offset, prompts_file=params.sweep.prompts_file,
+                    tokenizer=tokenizer,
+                )
+            finally:
+                if isinstance(tokenizer, ServerTokenizer):
+                    tokenizer.close()
             jobs.append(
                 load_module.run_point(
                     client,

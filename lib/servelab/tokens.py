@@ -75,7 +75,8 @@ def local_tokenizer(model_path: str | None) -> JsonTokenizer | None:
 
 
 class ServerTokenizer:
-    """The server's own tokenizer over HTTP: llama.cpp's or vLLM's `POST /tokenize`; counts without special tokens."""
+    """The server's own tokenizer over HTTP: llama.cpp's or vLLM's `POST /tokenize` and `POST /detokenize`;
+    counts without special tokens."""
 
     def __init__(
         self,
@@ -117,6 +118,34 @@ class ServerTokenizer:
 
     def count(self, text: str) -> int:
         return len(self.encode(text))
+
+    def decode(self, ids: list[int]) -> str:
+        if self._sync_client is None:
+            self._sync_client = httpx.Client(timeout=self.timeout_s, trust_env=False)
+        body: dict[str, object] = {"tokens": ids}
+        if self.flavour == "vllm" and self.model:
+            body["model"] = self.model
+        url = self.url.removesuffix("/tokenize") + "/detokenize"
+        response = self._sync_client.post(url, json=body)
+        if response.status_code != 200:
+            raise RuntimeError(f"{url} answered HTTP {response.status_code}: {response.text[:200]}")
+        text = response.json().get("content" if self.flavour == "llamacpp" else "prompt")
+        if not isinstance(text, str):
+            raise RuntimeError(f"{url} answered without the text")
+        return text
+
+    def prefix(self, text: str, max_tokens: int) -> tuple[str, int]:
+        """The text of the first `max_tokens` tokens of `text` and its count: encode, cut, decode, count again (a
+        cut inside a character can decode to text that counts one more; then one token fewer is kept)."""
+        ids = self.encode(text)
+        if len(ids) <= max_tokens:
+            return text, len(ids)
+        for kept in range(max_tokens, max(0, max_tokens - 8), -1):
+            candidate = self.decode(ids[:kept])
+            counted = self.count(candidate)
+            if counted <= max_tokens:
+                return candidate, counted
+        raise RuntimeError(f"{self.url}: no prefix of {max_tokens} tokens round-trips through /detokenize")
 
     async def count_async(self, text: str) -> int:
         if self._async_client is None:

@@ -173,3 +173,18 @@ def test_an_open_loop_point_runs_on_its_schedule_against_the_engine(target):
     assert all(r.output_tokens == 8 for r in records)
     assert all(r.actual_send_ns >= r.intended_send_ns >= outcome.start_ns for r in measured)
     assert outcome.lag_p99_ms is not None and outcome.lag_p99_ms >= 0
+
+
+def test_the_sweep_cuts_prompts_with_the_servers_tokenizer_when_the_model_has_no_tokenizer_json(embedded_server):
+    from servelab.sweep import prompt_tokenizer
+
+    tokenizer = prompt_tokenizer(embedded_server)  # a GGUF: no tokenizer.json beside it
+    assert isinstance(tokenizer, ServerTokenizer)
+    try:
+        sweep = Sweep(load=(ConcurrencyLoad(values=(1,)),), input_tokens=40)
+        for language in ("ko", "zh", "random"):
+            prompts = build_prompts(sweep, language, count=3, seed=4, tokenizer=tokenizer)
+            assert all(38 <= p.token_count <= 40 for p in prompts), (language, [p.token_count for p in prompts])
+            assert [tokenizer.count(p.text) for p in prompts] == [p.token_count for p in prompts]
+    finally:
+        tokenizer.close()

@@ -54,6 +54,15 @@ def test_batch_run_executes_all_four_notebooks_and_writes_the_results_layout(bat
     assert (run_dir.parent / "index.html").read_text().count(run_dir.name) >= 1
 
 
+def test_a_sweep_sizes_prompts_in_the_servers_own_tokens(batch_run):
+    """The sweep cuts prompts with llama-server's /tokenize: by the server's count each is the 32-token target
+    plus at most its BOS, Korean too. Sized by the characters estimate, SmolLM2's Korean prompts were 3x long."""
+    requests = [r for r in read_jsonl(batch_run.run_dir / "requests.jsonl")]
+    by_language = {language: [r["prompt_tokens"] for r in requests if r["language"] == language] for language in ("en", "ko")}
+    for language, counts in by_language.items():
+        assert counts and all(30 <= n <= 33 for n in counts), (language, counts)
+
+
 def test_host_memory_fallback_is_labelled_host_rss_and_attributed_to_the_engine(batch_run):
     samples = pd.read_csv(batch_run.run_dir / "host_memory.csv")
     assert set(samples["source"]) == {"host_rss"}

@@ -269,3 +269,20 @@ def test_deviation_of_no_values_is_none_not_nan():
     assert deviation.reported["count"] == 0 and deviation.error["mean"] is None
     assert math.isinf(deviation.relative("mean"))
     assert not is_sustained(deviation, deviation, errors=0, requests=1)
+
+
+def test_the_report_warns_where_prompts_came_out_far_from_their_target():
+    import pandas as pd
+    from servelab.report_tables import prompt_length_warnings
+
+    rows = []
+    for language, tokens in (("en", 260.0), ("ko", 514.0)):
+        for point in ("c1", "c16"):
+            rows.append({"point_id": f"tiny/{language}/{point}", "deployment": "tiny", "language": language,
+                         "metric": "prompt_tokens", "stat": "mean", "value": tokens})
+    summary = pd.DataFrame(rows)
+    notes = prompt_length_warnings(summary, 256)
+    assert len(notes) == 1 and "tiny / ko averaged 514 tokens" in notes[0] and "target of 256" in notes[0]
+    against_514 = prompt_length_warnings(summary, 514)
+    assert len(against_514) == 1 and "tiny / en averaged 260 tokens" in against_514[0]
+    assert prompt_length_warnings(summary.iloc[0:0], 256) == []
