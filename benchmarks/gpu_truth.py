@@ -52,8 +52,10 @@ def main() -> int:
             export_report(run_dir)
             print("first report written", flush=True)
         agreement = pd.DataFrame()
-        if not args.no_bench:
-            server = current.fleet[args.bench or params.deployments[0].name]
+        server = current.fleet[args.bench or params.deployments[0].name]
+        if server.framework != "vllm" and not args.no_bench:
+            print(f"no comparison: vllm bench serve is compared on vLLM servers, {server.name} is {server.framework}", flush=True)
+        elif not args.no_bench:
             print(f"comparing with vllm bench serve on {server.name}", flush=True)
             agreement = compare_with_vllm_bench(
                 server, params.sweep, args.concurrency, run_dir, prompts_per_concurrency=args.prompts_per_concurrency,
