@@ -21,9 +21,8 @@ from servelab.aio import run_sync
 from servelab.deploy import RunningServer
 from servelab.load import make_client, run_point
 from servelab.params import Sweep
-from servelab.prompts import build_prompts
 from servelab.records import JsonlWriter, RequestRecord
-from servelab.sweep import prompt_tokenizer, target_for
+from servelab.sweep import prompts_for, target_for
 
 log = logging.getLogger(__name__)
 AGREEMENT_FILE = "agreement.csv"
@@ -115,12 +114,12 @@ def servelab_point(
 ) -> ServelabWindow:
     """One closed-loop point of random-token prompts in the model's own tokens, bracketed by the engine's counter."""
     point_sweep = sweep.model_copy(
-        update={"requests_per_point": prompts, "duration_s": None, "warmup_requests": min(concurrency, 16), "languages": ("random",)}
+        update={
+            "requests_per_point": prompts, "duration_s": None, "warmup_requests": min(concurrency, 16),
+            "languages": ("random",), "prompts_file": None,
+        }
     )
-    texts = build_prompts(
-        point_sweep, "random", count=prompts + point_sweep.warmup_requests, seed=seed, prompts_file=None,
-        tokenizer=prompt_tokenizer(server),
-    )
+    texts = prompts_for(server, point_sweep, "random", prompts + point_sweep.warmup_requests, seed)
     records: list[RequestRecord] = []
 
     def keep(record: RequestRecord) -> None:

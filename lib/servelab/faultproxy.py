@@ -14,7 +14,8 @@ Faults use the syntax of the reference emitter's `x-emitter-fault` header (tools
 
 `--flavour ollama` serves Ollama's `/api/generate` and `/api/chat` as NDJSON, translated from the engine's
 `/v1/completions` and `/v1/chat/completions` streams: Ollama-flavoured faults then break a real engine's
-tokens. `GET /faultproxy/stats` answers `{"requests": n, "faulted": m}` (POSTs only). It listens on loopback.
+tokens. `GET /faultproxy/stats` answers `{"requests": n, "faulted": m}`, counting generation requests only:
+others (/tokenize, /detokenize, /health, /metrics) pass through untouched. It listens on loopback.
 It is a test tool: one process, no TLS, no pipelining.
 """
 
@@ -33,6 +34,8 @@ import httpx
 
 STATUS_TEXT = {429: "Too Many Requests", 500: "Internal Server Error", 503: "Service Unavailable"}
 OLLAMA_PATHS = {"/api/generate": "/v1/completions", "/api/chat": "/v1/chat/completions"}
+GENERATION_PATHS = ("/v1/completions", "/v1/chat/completions", "/completion", *OLLAMA_PATHS)
+"""Requests the proxy counts and faults; any other request (/tokenize, /health, /metrics) passes through as is."""
 
 
 @dataclass(frozen=True)
@@ -103,8 +106,9 @@ class FaultProxy:
         if method == "GET" and path == "/faultproxy/stats":
             await _answer(writer, 200, json.dumps({"requests": self.requests, "faulted": self.faulted}).encode())
             return True
-        if method != "POST":
-            upstream = await self._client.request(method, self.upstream + path)
+        if method != "POST" or path not in GENERATION_PATHS:
+            upstream = await self._client.request(method, self.upstream + path, content=body or None,
+                                                  headers={"content-type": headers.get("content-type", "application/json")})
             await _answer(writer, upstream.status_code, upstream.content, upstream.headers.get("content-type", "text/plain"))
             return True
         self.requests += 1

@@ -41,6 +41,9 @@ SHIPPED_LANGUAGES = ("en", "ko", "zh", "ja", "es")
 CHARS_PER_TOKEN = {"en": 4.2, "es": 3.7, "ko": 1.6, "zh": 1.4, "ja": 1.5, "random": 4.2, "sharegpt": 4.0}
 """Rough ratios for large multilingual tokenizers (Llama 3, Qwen 2.5); only used without a tokenizer."""
 
+MAX_GROWTHS = 16
+"""A text that a tokenizer still counts short after this many rounds of growth means the tokenizer is wrong."""
+
 _SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s*")
 
 
@@ -165,13 +168,21 @@ def compose_prompts(
             while estimate_tokens(text, language) < target_tokens:
                 text = _grow(parts, first, shipped, rng, language, target_tokens)
             trimmed, counted = tokenizer.prefix(text, target_tokens)
-            while counted < target_tokens - 2 and trimmed == text:
+            for _ in range(MAX_GROWTHS):
+                if counted >= target_tokens - 2 or trimmed != text:
+                    break
                 text = _grow(parts, first, shipped, rng, language, target_tokens)
                 trimmed, counted = tokenizer.prefix(text, target_tokens)
+            else:
+                raise RuntimeError(f"the tokenizer counted {counted} tokens in {len(text)} characters of {language} text")
             prompts.append(Prompt(trimmed, language, target_tokens, counted))
             continue
-        while not _long_enough(text, target_tokens, language, count_tokens):
+        for _ in range(MAX_GROWTHS):
+            if _long_enough(text, target_tokens, language, count_tokens):
+                break
             text = _grow(parts, first, shipped, rng, language, target_tokens)
+        else:
+            raise RuntimeError(f"the tokenizer counted fewer than {target_tokens} tokens in {len(text)} characters of {language}")
         trimmed, counted = trim_to_tokens(text, target_tokens, language, count_tokens)
         prompts.append(Prompt(trimmed, language, target_tokens, counted))
     return prompts
@@ -218,8 +229,12 @@ def random_prompts(
     prompts: list[Prompt] = []
     for _ in range(count):
         text = draw(target_tokens)
-        while count_tokens is not None and count_tokens(text) < target_tokens:
+        for _ in range(MAX_GROWTHS):
+            if count_tokens is None or count_tokens(text) >= target_tokens:
+                break
             text += " " + draw(target_tokens)
+        else:
+            raise RuntimeError(f"the tokenizer counted fewer than {target_tokens} tokens in {len(text)} characters")
         trimmed, counted = trim_to_tokens(text, target_tokens, "random", count_tokens, tokenizer)
         prompts.append(Prompt(trimmed, "random", target_tokens, counted))
     return prompts

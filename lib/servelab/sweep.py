@@ -10,6 +10,7 @@ appears in `requests.jsonl` exactly once.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +26,8 @@ from servelab.clients import Target
 from servelab.clock import now_ns
 from servelab.deploy import Fleet, RunningServer
 from servelab.errors import EngineError, OutputsError
-from servelab.params import ConcurrencyLoad, Params
-from servelab.prompts import build_prompts
+from servelab.params import ConcurrencyLoad, Params, Sweep
+from servelab.prompts import Prompt, build_prompts
 from servelab.records import (
     POINTS_FILE,
     REQUESTS_FILE,
@@ -159,12 +160,28 @@ def prompt_tokenizer(server: RunningServer) -> JsonTokenizer | ServerTokenizer |
         return local
     remote = ServerTokenizer(server.base_url, flavour=server.framework, model=server.served_model)  # type: ignore[arg-type]
     try:
-        remote.prefix("servelab sizes prompts in the server's own tokens", 2)
+        _, counted = remote.prefix("servelab cuts prompts in the server's own tokens", 2)
+        if counted != 2:
+            raise RuntimeError(f"a 2-token prefix counted {counted}")
     except (httpx.HTTPError, RuntimeError, ValueError) as error:
         log.info("%s: no usable /tokenize and /detokenize (%s); prompt lengths are estimated", server.name, error)
         remote.close()
         return None
     return remote
+
+
+def prompts_for(server: RunningServer, sweep: Sweep, language: str, count: int, seed: int) -> list[Prompt]:
+    """A point's prompts, cut in the server's tokens where it can say them; estimated if its tokenizer fails."""
+    tokenizer = prompt_tokenizer(server)
+    build = functools.partial(build_prompts, sweep, language, count=count, seed=seed, prompts_file=sweep.prompts_file)
+    try:
+        return build(tokenizer=tokenizer)
+    except (httpx.HTTPError, RuntimeError, ValueError) as error:
+        log.warning("%s: its tokenizer failed while cutting prompts (%s); lengths are estimated", server.name, error)
+        return build()
+    finally:
+        if isinstance(tokenizer, ServerTokenizer):
+            tokenizer.close()
 
 
 async def _run_point(
@@ -176,15 +193,7 @@ async def _run_point(
         jobs = []
         count = prompt_count(point, params) + params.sweep.warmup_requests
         for offset, server in enumerate(servers):
-            tokenizer = prompt_tokenizer(server)
-            try:
-                prompts = build_prompts(
-                    params.sweep, point.language, count=count, seed=point_seed + offset, prompts_file=params.sweep.prompts_file,
-                    tokenizer=tokenizer,
-                )
-            finally:
-                if isinstance(tokenizer, ServerTokenizer):
-                    tokenizer.close()
+            prompts = prompts_for(server, params.sweep, point.language, count, point_seed + offset)
             jobs.append(
                 load_module.run_point(
                     client,

@@ -210,3 +210,21 @@ def test_build_prompts_follows_the_sweep(tmp_path):
 
 def test_build_prompts_defaults_to_the_sweep_seed():
     assert build_prompts(_sweep(seed=7), "es", count=2) == build_prompts(_sweep(), "es", count=2, seed=7)
+
+
+def test_a_tokenizer_that_never_counts_enough_is_an_error_not_an_endless_prompt():
+    """A server that answers /tokenize with an empty list (a request in another engine's format) counts 0."""
+
+    class CountsNothing:
+        def count(self, text: str) -> int:
+            return 0
+
+        def prefix(self, text: str, max_tokens: int) -> tuple[str, int]:
+            return text, 0
+
+    with pytest.raises(RuntimeError, match="counted"):
+        compose_prompts("en", 1, 64, seed=1, tokenizer=CountsNothing())
+    with pytest.raises(RuntimeError, match="counted"):
+        random_prompts(1, 64, seed=1, tokenizer=CountsNothing())
+    with pytest.raises(RuntimeError, match="counted"):
+        compose_prompts("ko", 1, 64, seed=1, count_tokens=lambda text: 0)
