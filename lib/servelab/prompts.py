@@ -4,8 +4,8 @@ ShareGPT file. Everything is seeded (`random.Random`), so the same seed gives th
 Lengths are counted with the model's own tokenizer when one is given (`tokenizer`: the tokenizer.json in the
 model's folder, or the server's /tokenize; the sweep picks), or with any `count_tokens` callable, else estimated
 from a per-language characters-per-token ratio. The estimate can be far off for a tokenizer unlike the large
-multilingual ones it was taken from: SmolLM2's made Korean prompts three times their target. Counts are of the prompt text alone: the server adds its
-BOS token and, for chat, its template.
+multilingual ones it was taken from: it made SmolLM2's Korean prompts three times their target. Counts are of
+the prompt text alone: the server adds its BOS token and, for chat, its template.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def trim_to_tokens(
 ) -> tuple[str, int | None]:
     """The longest prefix of `text` with at most `target_tokens` tokens, and its counted length (None if estimated).
 
-    With a tokenizer.json: cut at a token boundary (one encoding). With only a counter: binary search over the
+    With a tokenizer: cut at a token boundary (`tokenizer.prefix`). With only a counter: binary search over the
     prefix length in characters (about log2(len) counts).
     """
     if tokenizer is not None:
@@ -314,7 +314,7 @@ def build_prompts(
 ) -> list[Prompt]:
     """The prompts of one load point as the sweep asks: a ShareGPT `prompts_file`, random tokens
     (language 'random') or the shipped passages, `sweep.input_tokens` long (ShareGPT turns keep their own length),
-    counted with `tokenizer` (the model's tokenizer.json) or `count_tokens` where given.
+    counted with `tokenizer` (the model's tokenizer.json or the server's) or `count_tokens` where given.
 
     `seed` defaults to sweep.seed; give each point its own seed (or `salt`) so points do not share prompts,
     and with them a server's prefix cache.
