@@ -22,7 +22,8 @@ from servelab.deploy import RunningServer
 from servelab.load import make_client, run_point
 from servelab.params import Sweep
 from servelab.records import JsonlWriter, RequestRecord
-from servelab.sweep import prompts_for, target_for
+from servelab.sweep import prompt_tokenizers, prompts_for, target_for
+from servelab.tokens import JsonTokenizer, ServerTokenizer
 
 log = logging.getLogger(__name__)
 AGREEMENT_FILE = "agreement.csv"
@@ -110,7 +111,8 @@ class ServelabWindow:
 
 
 def servelab_point(
-    server: RunningServer, sweep: Sweep, concurrency: int, prompts: int, writer: JsonlWriter, seed: int, label: str = ""
+    server: RunningServer, sweep: Sweep, concurrency: int, prompts: int, writer: JsonlWriter, seed: int,
+    tokenizer: JsonTokenizer | ServerTokenizer | None, label: str = "",
 ) -> ServelabWindow:
     """One closed-loop point of random-token prompts in the model's own tokens, bracketed by the engine's counter."""
     point_sweep = sweep.model_copy(
@@ -119,7 +121,7 @@ def servelab_point(
             "languages": ("random",), "prompts_file": None,
         }
     )
-    texts = prompts_for(server, point_sweep, "random", prompts + point_sweep.warmup_requests, seed)
+    texts = prompts_for(server, point_sweep, "random", prompts + point_sweep.warmup_requests, seed, tokenizer)
     records: list[RequestRecord] = []
 
     def keep(record: RequestRecord) -> None:
@@ -170,7 +172,7 @@ def compare_with_vllm_bench(
     """
     rows = []
     bench_dir = run_dir / "vllm-bench"
-    with JsonlWriter(run_dir / AGREEMENT_REQUESTS_FILE) as writer:
+    with JsonlWriter(run_dir / AGREEMENT_REQUESTS_FILE) as writer, prompt_tokenizers([server]) as tokenizers:
         for index, concurrency in enumerate(concurrencies):
             prompts = max(min_prompts, prompts_per_concurrency * concurrency)
             per_round = max(concurrency, -(-prompts // rounds))
@@ -182,7 +184,9 @@ def compare_with_vllm_bench(
                 order = ("servelab", "vllm-bench") if round_index % 2 == 0 else ("vllm-bench", "servelab")
                 for client in order:
                     if client == "servelab":
-                        windows.append(servelab_point(server, sweep, concurrency, per_round, writer, seed, label))
+                        windows.append(servelab_point(
+                            server, sweep, concurrency, per_round, writer, seed, tokenizers[server.name], label
+                        ))
                         continue
                     argv = vllm_bench_argv(server, concurrency, per_round, sweep.input_tokens, sweep.output_tokens,
                                            bench_dir, python, seed, label)

@@ -10,8 +10,10 @@ appears in `requests.jsonl` exactly once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -170,22 +172,34 @@ def prompt_tokenizer(server: RunningServer) -> JsonTokenizer | ServerTokenizer |
     return remote
 
 
-def prompts_for(server: RunningServer, sweep: Sweep, language: str, count: int, seed: int) -> list[Prompt]:
-    """A point's prompts, cut in the server's tokens where it can say them; estimated if its tokenizer fails."""
-    tokenizer = prompt_tokenizer(server)
+@contextlib.contextmanager
+def prompt_tokenizers(servers: Iterable[RunningServer]) -> Iterator[dict[str, JsonTokenizer | ServerTokenizer | None]]:
+    """Each server's prompt tokenizer (`prompt_tokenizer`), found once for a whole sweep and closed after it."""
+    tokenizers = {server.name: prompt_tokenizer(server) for server in servers}
+    try:
+        yield tokenizers
+    finally:
+        for tokenizer in tokenizers.values():
+            if isinstance(tokenizer, ServerTokenizer):
+                tokenizer.close()
+
+
+def prompts_for(
+    server: RunningServer, sweep: Sweep, language: str, count: int, seed: int,
+    tokenizer: JsonTokenizer | ServerTokenizer | None,
+) -> list[Prompt]:
+    """A point's prompts, cut by `tokenizer` where there is one; estimated if it fails."""
     build = functools.partial(build_prompts, sweep, language, count=count, seed=seed, prompts_file=sweep.prompts_file)
     try:
         return build(tokenizer=tokenizer)
     except (httpx.HTTPError, RuntimeError, ValueError) as error:
         log.warning("%s: its tokenizer failed while cutting prompts (%s); lengths are estimated", server.name, error)
         return build()
-    finally:
-        if isinstance(tokenizer, ServerTokenizer):
-            tokenizer.close()
 
 
 async def _run_point(
-    point: LoadPoint, params: Params, fleet: Fleet, writer: JsonlWriter, point_seed: int
+    point: LoadPoint, params: Params, fleet: Fleet, writer: JsonlWriter, point_seed: int,
+    tokenizers: Mapping[str, JsonTokenizer | ServerTokenizer | None],
 ) -> list[load_module.PointOutcome]:
     servers = [fleet[name] for name in point.deployments]
     connections = _max_concurrency(point, params) * len(servers)
@@ -193,7 +207,7 @@ async def _run_point(
         jobs = []
         count = prompt_count(point, params) + params.sweep.warmup_requests
         for offset, server in enumerate(servers):
-            prompts = prompts_for(server, params.sweep, point.language, count, point_seed + offset)
+            prompts = prompts_for(server, params.sweep, point.language, count, point_seed + offset, tokenizers[server.name])
             jobs.append(
                 load_module.run_point(
                     client,
@@ -236,14 +250,19 @@ def run_sweep(params: Params, run_dir: Path, fleet: Fleet, progress: bool = True
         if not all(point.point_id(name) in finished for name in point.deployments)
     ]
     load_module.ensure_file_descriptors(connections_needed(params))
-    with JsonlWriter(run_dir / REQUESTS_FILE) as writer, JsonlWriter(run_dir / POINTS_FILE, fsync_every=1) as marks:
+    deployments = sorted({name for _, point in todo for name in point.deployments})
+    with (
+        JsonlWriter(run_dir / REQUESTS_FILE) as writer,
+        JsonlWriter(run_dir / POINTS_FILE, fsync_every=1) as marks,
+        prompt_tokenizers(fleet[name] for name in deployments) as tokenizers,
+    ):
         bar = tqdm(todo, desc="load points", unit="point", disable=not progress)
         for index, point in bar:
             bar.set_postfix_str(point.label)
             start = now_ns()
             for name in point.deployments:
                 marks.write(_point_record(point, fleet[name], "started", start))
-            outcomes = run_sync(_run_point(point, params, fleet, writer, params.sweep.seed + 1000 * index))
+            outcomes = run_sync(_run_point(point, params, fleet, writer, params.sweep.seed + 1000 * index, tokenizers))
             writer.sync()
             dead = fleet.dead()
             for name, outcome in zip(point.deployments, outcomes, strict=True):
