@@ -21,7 +21,6 @@ import logging
 import math
 import os
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -40,6 +39,7 @@ from tqdm.auto import tqdm
 
 from servelab import aio, metrics
 from servelab.clients import Target
+from servelab.deploy import stop_child
 from servelab.errors import ServelabError
 from servelab.load import PointOutcome, ensure_file_descriptors, make_client, run_point
 from servelab.params import ConcurrencyLoad, RateLoad, Sweep
@@ -293,13 +293,7 @@ def running_emitter(
             record_path.touch()
             yield EmitterProcess(match.group(1), record_path, process)
         finally:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+            stop_child(process)
             if process.stdout is not None:
                 process.stdout.close()
 

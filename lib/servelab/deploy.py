@@ -151,6 +151,18 @@ def _wait_healthy(
             time.sleep(0.2)
 
 
+def stop_child(process: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """SIGTERM a child process we started, then SIGKILL it if it is still there after `grace_s`; reaps it."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def stop_process_group(pid: int, grace_s: float = 15.0) -> None:
     """SIGTERM the server's process group, then SIGKILL whatever is left after `grace_s`."""
     try:

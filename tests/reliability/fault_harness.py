@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 from servelab.clock import now_ns
-from servelab.deploy import Fleet, RunningServer
+from servelab.deploy import Fleet, RunningServer, stop_child
 from servelab.params import Params, parse_params
 from servelab.records import POINTS_FILE, REQUESTS_FILE, latest_points, read_jsonl
 
@@ -43,13 +43,8 @@ def served(argv: list[str], what: str) -> Iterator[tuple[str, subprocess.Popen[s
         yield match.group(1), process
     finally:
         with contextlib.suppress(ProcessLookupError):
-            os.kill(process.pid, signal.SIGCONT)
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+            os.kill(process.pid, signal.SIGCONT)  # a test may have stopped it with SIGSTOP
+        stop_child(process)
 
 
 def emitter(*flags: str) -> contextlib.AbstractContextManager[tuple[str, subprocess.Popen[str]]]:
