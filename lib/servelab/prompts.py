@@ -320,9 +320,8 @@ def build_prompts(
     and with them a server's prefix cache.
     """
     seed = sweep.seed if seed is None else seed
-    if tokenizer is not None:
-        count_tokens = count_tokens or tokenizer.count
     if prompts_file:
+        count_tokens = count_tokens or (tokenizer.count if tokenizer is not None else None)
         return load_sharegpt(prompts_file, count, seed, count_tokens=count_tokens, salt=salt)
     if language == "random":
         return random_prompts(

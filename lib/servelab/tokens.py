@@ -111,22 +111,23 @@ class ServerTokenizer:
             raise RuntimeError(f"{self.url} answered without a 'tokens' list")
         return tokens
 
-    def encode(self, text: str) -> list[int]:
+    def _client(self) -> httpx.Client:
         if self._sync_client is None:
             self._sync_client = httpx.Client(timeout=self.timeout_s, trust_env=False)
-        return self._tokens(self._sync_client.post(self.url, json=self._body(text)))
+        return self._sync_client
+
+    def encode(self, text: str) -> list[int]:
+        return self._tokens(self._client().post(self.url, json=self._body(text)))
 
     def count(self, text: str) -> int:
         return len(self.encode(text))
 
     def decode(self, ids: list[int]) -> str:
-        if self._sync_client is None:
-            self._sync_client = httpx.Client(timeout=self.timeout_s, trust_env=False)
         body: dict[str, object] = {"tokens": ids}
         if self.flavour == "vllm" and self.model:
             body["model"] = self.model
         url = self.url.removesuffix("/tokenize") + "/detokenize"
-        response = self._sync_client.post(url, json=body)
+        response = self._client().post(url, json=body)
         if response.status_code != 200:
             raise RuntimeError(f"{url} answered HTTP {response.status_code}: {response.text[:200]}")
         text = response.json().get("content" if self.flavour == "llamacpp" else "prompt")
