@@ -23,7 +23,7 @@ from servelab.manifest import read_manifest, redact_file
 from servelab.params import Params, load_params
 from servelab.records import MANIFEST_FILE, POINTS_FILE, latest_points
 from servelab.report import export_report, write_index
-from servelab.session import REPO, lab, open_run
+from servelab.session import REPO, create_run, lab
 from servelab.sweep import connections_needed, estimate_seconds, plan_points
 
 log = logging.getLogger(__name__)
@@ -150,8 +150,9 @@ def run(
         run_dir = Path(resume) if Path(resume).is_dir() else outputs / resume
         if not run_dir.is_dir():
             raise ServelabError(f"--resume {resume}: no run folder {run_dir}; `ls {outputs}` lists the runs")
-    ensure_file_descriptors(connections_needed(load_params(params_path)))
-    params, run_dir = open_run(params_path, run_dir, outputs)
+    params = load_params(params_path)
+    ensure_file_descriptors(connections_needed(params))  # before the run folder exists: nothing half-made
+    run_dir = create_run(params, params_path, run_dir, outputs)
     if not (run_dir / "params.yaml").exists():
         shutil.copy2(params_path, run_dir / "params.yaml")
     log.info("run folder: %s", run_dir)

@@ -34,6 +34,13 @@ def new_run_id(params_path: str | Path) -> str:
 def open_run(params_path: str | Path, run_dir: str | Path | None = None, outputs_dir: str | Path = "outputs") -> tuple[Params, Path]:
     """Validate the params, then create the run folder and its manifest, or reopen an existing run folder."""
     params = load_params(params_path)
+    return params, create_run(params, params_path, run_dir, outputs_dir)
+
+
+def create_run(
+    params: Params, params_path: str | Path, run_dir: str | Path | None = None, outputs_dir: str | Path = "outputs"
+) -> Path:
+    """Create the run folder of already-validated `params` and its manifest, or reopen an existing run folder."""
     if run_dir:
         path = Path(run_dir)
     else:
@@ -49,7 +56,7 @@ def open_run(params_path: str | Path, run_dir: str | Path | None = None, outputs
             record_calibration(path)  # this host's last `servelab calibrate`, if there is one
     except OSError as error:
         raise OutputsError(f"cannot create the run folder {path}: {error.strerror}; check the disk and permissions") from None
-    return params, path
+    return path
 
 
 def latest_run(outputs_dir: str | Path = "outputs") -> Path | None:
