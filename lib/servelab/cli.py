@@ -52,13 +52,17 @@ def _compose(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_path(value: str, outputs: str) -> Path:
+    """A run given as a path (a folder, a summary.csv, a result file) or as a run id under `outputs`."""
+    return Path(value) if Path(value).exists() else Path(outputs) / value
+
+
 def _compare(args: argparse.Namespace) -> int:
     from servelab.compare import compare_runs
 
     if len(args.runs) < 2:
         raise ServelabError(f"compare needs two runs or more, got {len(args.runs)}: servelab compare RUN RUN [RUN ...]")
-    # A run is a folder, a summary.csv or a result file given by path, or a run id under --outputs.
-    runs = [Path(r) if Path(r).exists() else Path(args.outputs) / r for r in args.runs]
+    runs = [_run_path(r, args.outputs) for r in args.runs]
     print(compare_runs(runs).to_string())
     return 0
 
@@ -66,7 +70,7 @@ def _compare(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from servelab.interop import export_vllm_bench
 
-    run_dir = Path(args.run) if Path(args.run).exists() else Path(args.outputs) / args.run
+    run_dir = _run_path(args.run, args.outputs)
     out = Path(args.out) if args.out else run_dir / "vllm-bench-format"
     written = export_vllm_bench(run_dir, out)
     print(f"{len(written)} load point(s) written as `vllm bench serve` result JSON to {out}")
