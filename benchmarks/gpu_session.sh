@@ -1,21 +1,18 @@
 #!/usr/bin/env bash
-# On the lent GPU machine (no network): unpack the vLLM bundle gathered in /tmp/vb (and SGLang's in /tmp/sb, if
-# there) and the wheels in .whl, optionally measure the host first, then run benchmarks/gpu_truth.py for each
-# params file given, detached (setsid) so it outlives the call that starts it. Progress goes to
-# /tmp/gpu-truth.log; /tmp/gpu-truth.done appears when all are finished.
-#   usage: [GPU_CHECKS=1] [GPU_TRUTH_ARGS="--concurrency 16 64"] bash benchmarks/gpu_session.sh params/a.yaml [more ...]
-# GPU_CHECKS=1 runs, before any engine starts and on an idle GPU: the sampler's cost at 100 Hz
-# (nvml_overhead.py) and the measurement issue's 64-stream check (client_ceiling.py), whose emitter gets
-# cores of its own here. Their JSON goes to /tmp/gpu-checks and $OUT.
+# On the lent GPU machine (no network): unpack the vLLM bundle gathered in /tmp/vb and the wheels in .whl,
+# optionally measure the host first, then run benchmarks/gpu_truth.py for each params file given, detached
+# (setsid) so it outlives the call that starts it. SGLang's bundle, gathered in /tmp/sb, is unpacked just before
+# the first run that follows its arrival. Progress goes to /tmp/gpu-truth.log; /tmp/gpu-truth.done appears
+# when all are finished.
+#   usage: [GPU_CHECKS="nvml streams"] [GPU_TRUTH_ARGS="--concurrency 16 64"] bash benchmarks/gpu_session.sh params/a.yaml [more ...]
+# GPU_CHECKS runs, before any engine starts and on an idle GPU: `nvml`, the sampler's cost at 100 Hz
+# (nvml_overhead.py, variants from NVML_VARIANTS); `streams`, the measurement issue's 64-stream check
+# (client_ceiling.py), whose emitter gets cores of its own here. Their JSON goes to /tmp/gpu-checks and $OUT.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 if [ ! -d /tmp/vsite/vllm ]; then
   mkdir -p /tmp/vsite
   cat /tmp/vb/vb.* | tar xzf - -C /tmp/vsite
-fi
-if [ -e /tmp/sb/sb.00 ] && [ ! -d /tmp/ssite/sglang ]; then
-  mkdir -p /tmp/ssite
-  cat /tmp/sb/sb.* | tar xzf - -C /tmp/ssite
 fi
 if [ ! -d /tmp/site/papermill ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site "$repo"/.whl/*.whl
@@ -40,8 +37,12 @@ if [[ " ${GPU_CHECKS:-} " == *" streams "* ]]; then
     python3 benchmarks/client_ceiling.py --levels 64 --rounds 16 --tools servelab --json "/tmp/gpu-checks/stream64-$i.json" | tail -3 || true
   done
 fi
+# SGLang's chunks may still be arriving (carried during the polls): unpack them just before each run.
 setsid nohup bash -c '
   for params in "$@"; do
+    if [ -e /tmp/sb/sb.00 ] && [ ! -d /tmp/ssite/sglang ]; then
+      mkdir -p /tmp/ssite && cat /tmp/sb/sb.* | tar xzf - -C /tmp/ssite && echo "unpacked SGLang: $(ls /tmp/sb)"
+    fi
     python3 benchmarks/gpu_truth.py "$params" --outputs /tmp/gpu-outputs ${GPU_TRUTH_ARGS:-}
   done
   touch /tmp/gpu-truth.done
