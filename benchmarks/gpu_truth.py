@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 from servelab.agreement import compare_with_vllm_bench
 from servelab.deploy import stop_on_signals
+from servelab.errors import VllmBenchError
 from servelab.report import export_report, write_index
 from servelab.run import NOTEBOOKS, execute_notebook
 from servelab.session import lab, open_run
@@ -57,10 +58,13 @@ def main() -> int:
             print(f"no comparison: vllm bench serve is compared on vLLM servers, {server.name} is {server.framework}", flush=True)
         elif not args.no_bench:
             print(f"comparing with vllm bench serve on {server.name}", flush=True)
-            agreement = compare_with_vllm_bench(
-                server, params.sweep, args.concurrency, run_dir, prompts_per_concurrency=args.prompts_per_concurrency,
-                min_prompts=args.min_prompts, python=sys.executable, rounds=args.rounds,
-            )
+            try:
+                agreement = compare_with_vllm_bench(
+                    server, params.sweep, args.concurrency, run_dir, prompts_per_concurrency=args.prompts_per_concurrency,
+                    min_prompts=args.min_prompts, python=sys.executable, rounds=args.rounds,
+                )
+            except VllmBenchError as error:
+                print(f"no comparison: {error}", flush=True)
             if not args.agreement_only:
                 execute_notebook("04_report", run_dir, Path(args.params), Path(args.outputs))
     if args.agreement_only:

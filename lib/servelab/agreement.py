@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+import select
+import shlex
 import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,7 +20,8 @@ import pandas as pd
 
 from servelab import engine_metrics, metrics
 from servelab.aio import run_sync
-from servelab.deploy import RunningServer
+from servelab.deploy import RunningServer, stop_child
+from servelab.errors import VllmBenchError
 from servelab.load import make_client, run_point
 from servelab.params import Sweep
 from servelab.records import JsonlWriter, RequestRecord
@@ -28,6 +31,8 @@ from servelab.tokens import JsonTokenizer, ServerTokenizer
 log = logging.getLogger(__name__)
 AGREEMENT_FILE = "agreement.csv"
 AGREEMENT_REQUESTS_FILE = "agreement_requests.jsonl"
+AGREEMENT_TURNS_FILE = "agreement_turns.csv"
+WORKER = Path(__file__).with_name("vllm_bench_worker.py")
 
 
 @dataclass
@@ -56,13 +61,13 @@ def _diff_pct(ours: float, theirs: float | None) -> float | None:
     return None if theirs in (None, 0) else round(100.0 * (ours - theirs) / theirs, 2)
 
 
-def vllm_bench_argv(
+def vllm_bench_args(
     server: RunningServer, concurrency: int, prompts: int, input_len: int, output_len: int, result_dir: Path,
-    python: str = "python3", seed: int = 0, label: str = "",
+    seed: int = 0, label: str = "",
 ) -> list[str]:
-    """`vllm bench serve` on the random dataset at one concurrency, saving its result JSON."""
+    """The arguments of one `vllm bench serve` (what follows `bench serve`): the random dataset at one
+    concurrency, saving its result JSON."""
     return [
-        python, "-m", "vllm.entrypoints.cli.main", "bench", "serve",
         "--backend", "vllm",
         "--base-url", server.base_url,
         "--endpoint", "/v1/completions",
@@ -85,13 +90,70 @@ def vllm_bench_argv(
     ]
 
 
-def run_vllm_bench(argv: list[str], result_dir: Path, log_path: Path) -> dict:
-    """Run `vllm bench serve` and return its saved result."""
-    result_dir.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log_file:
-        subprocess.run(argv, stdout=log_file, stderr=subprocess.STDOUT, check=True, timeout=1800)  # noqa: S603
-    result = result_dir / argv[-1]
-    return json.loads(result.read_text())
+def vllm_bench_command(args: list[str], python: str = "python3") -> list[str]:
+    """The same run as a command line, for the log and for anyone repeating it by hand."""
+    return [python, "-m", "vllm.entrypoints.cli.main", "bench", "serve", *args]
+
+
+class VllmBench:
+    """`vllm bench serve` in one long-lived process (`vllm_bench_worker.py`, vLLM's own parser and `main`).
+
+    Importing vLLM takes 15 to 20 s on the GPU host. Taking turns over many short rounds would pay that in every
+    round; this pays it once. vLLM's output goes to `log_path`.
+    """
+
+    def __init__(self, python: str, log_path: Path, timeout_s: float = 1800.0) -> None:
+        self.python = python
+        self.log_path = log_path
+        self.timeout_s = timeout_s
+        self._process: subprocess.Popen | None = None
+
+    def __enter__(self) -> VllmBench:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log_file:
+            self._process = subprocess.Popen(  # noqa: S603 - our own script, run by the interpreter the user named
+                [self.python, str(WORKER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log_file, text=True,
+            )
+        try:
+            self._reply(self.timeout_s)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        process, self._process = self._process, None
+        if process is None:
+            return
+        if process.stdin:
+            process.stdin.close()
+        stop_child(process)
+        if process.stdout:
+            process.stdout.close()
+
+    def run(self, args: list[str]) -> dict:
+        """One `vllm bench serve`; returns its saved result JSON."""
+        assert self._process is not None and self._process.stdin is not None, "use VllmBench as a context manager"
+        log.info("vllm bench serve: %s", shlex.join(vllm_bench_command(args, self.python)))
+        result = Path(args[args.index("--result-dir") + 1]) / args[args.index("--result-filename") + 1]
+        result.parent.mkdir(parents=True, exist_ok=True)
+        self._process.stdin.write(json.dumps(args) + "\n")
+        self._process.stdin.flush()
+        self._reply(self.timeout_s)
+        return json.loads(result.read_text())
+
+    def _reply(self, timeout_s: float) -> dict:
+        assert self._process is not None and self._process.stdout is not None
+        readable, _, _ = select.select([self._process.stdout], [], [], timeout_s)
+        line = self._process.stdout.readline() if readable else ""
+        if not line:
+            state = "no reply" if self._process.poll() is None else f"exited with code {self._process.returncode}"
+            stop_child(self._process)  # a late reply would otherwise answer the next run
+            raise VllmBenchError(f"vllm bench serve ({self.python} {WORKER.name}): {state} within {timeout_s:.0f} s; see {self.log_path}")
+        reply = json.loads(line)
+        if not reply.get("ok"):
+            raise VllmBenchError(f"vllm bench serve failed: {reply.get('error')}; see {self.log_path}")
+        return reply
 
 
 @dataclass
@@ -159,20 +221,102 @@ def _pooled_bench(results: list[dict]) -> dict[str, float | None]:
     }
 
 
+@dataclass
+class AgreementTurn:
+    """One client's turn at one concurrency, in the order the turns ran: what that client measured on its own.
+
+    Side by side, the turns show how far the engine's own speed moved between windows, which no client can
+    remove from a comparison made one window after another."""
+
+    deployment: str
+    concurrency: int
+    round: int
+    turn: int
+    client: str
+    requests: int
+    output_tok_s: float | None
+    mean_ttft_ms: float | None
+    mean_tpot_ms: float | None
+
+
+def _servelab_turn(server: RunningServer, concurrency: int, round_index: int, turn: int, window: ServelabWindow) -> AgreementTurn:
+    measured = [record for record in window.measured if record.ok]
+    seconds = metrics.duration_s(measured)
+    return AgreementTurn(
+        deployment=server.name, concurrency=concurrency, round=round_index, turn=turn, client="servelab",
+        requests=len(measured),
+        output_tok_s=round(sum(metrics.output_tokens(r) or 0 for r in measured) / seconds, 1) if seconds > 0 else None,
+        mean_ttft_ms=round(_mean([v for v in map(metrics.ttft_ms, measured) if v is not None]), 2),
+        mean_tpot_ms=round(_mean([v for v in map(metrics.tpot_ms, measured) if v is not None]), 3),
+    )
+
+
+def _bench_turn(server: RunningServer, concurrency: int, round_index: int, turn: int, result: dict) -> AgreementTurn:
+    return AgreementTurn(
+        deployment=server.name, concurrency=concurrency, round=round_index, turn=turn, client="vllm-bench",
+        requests=result["completed"], output_tok_s=round(result["output_throughput"], 1),
+        mean_ttft_ms=round(result["mean_ttft_ms"], 2), mean_tpot_ms=round(result["mean_tpot_ms"], 3),
+    )
+
+
+def _agreement_row(
+    server: RunningServer, concurrency: int, prompts: int, rounds: int, windows: list[ServelabWindow], bench_results: list[dict],
+) -> AgreementRow:
+    measured = [record for window in windows for record in window.measured if record.ok]
+    seconds = sum(metrics.duration_s(window.measured) for window in windows)
+    ours_tok_s = sum(metrics.output_tokens(r) or 0 for r in measured) / seconds if seconds > 0 else float("nan")
+    ours_ttft = _mean([v for v in map(metrics.ttft_ms, measured) if v is not None])
+    ours_tpot = _mean([v for v in map(metrics.tpot_ms, measured) if v is not None])
+    window_s = sum(window.window_s for window in windows)
+    server_tokens = None if any(w.server_tokens is None for w in windows) else sum(w.server_tokens or 0 for w in windows)
+    server_tok_s = None if server_tokens is None or window_s <= 0 else server_tokens / window_s
+    received_tok_s = sum(w.received_tokens for w in windows) / window_s if window_s > 0 else None
+    bench = _pooled_bench(bench_results)
+    return AgreementRow(
+        deployment=server.name,
+        concurrency=concurrency,
+        prompts=prompts,
+        rounds=rounds,
+        servelab_output_tok_s=round(ours_tok_s, 1),
+        vllm_bench_output_tok_s=bench["output_throughput"],
+        output_tok_s_diff_pct=_diff_pct(ours_tok_s, bench["output_throughput"]),
+        servelab_mean_ttft_ms=round(ours_ttft, 2),
+        vllm_bench_mean_ttft_ms=bench["mean_ttft_ms"],
+        ttft_diff_pct=_diff_pct(ours_ttft, bench["mean_ttft_ms"]),
+        servelab_mean_tpot_ms=round(ours_tpot, 3),
+        vllm_bench_mean_tpot_ms=bench["mean_tpot_ms"],
+        tpot_diff_pct=_diff_pct(ours_tpot, bench["mean_tpot_ms"]),
+        server_output_tok_s=None if server_tok_s is None else round(server_tok_s, 1),
+        client_received_tok_s=None if received_tok_s is None else round(received_tok_s, 1),
+        received_over_server=None if not server_tok_s or received_tok_s is None else round(received_tok_s / server_tok_s, 4),
+    )
+
+
+def _write_table(path: Path, rows: list) -> None:
+    """Rewritten after every turn, so a comparison cut short keeps what it measured."""
+    pd.DataFrame([asdict(row) for row in rows]).to_csv(path, index=False)
+
+
 def compare_with_vllm_bench(
     server: RunningServer, sweep: Sweep, concurrencies: list[int], run_dir: Path, prompts_per_concurrency: int = 8,
     min_prompts: int = 64, python: str = "python3", rounds: int = 2,
 ) -> pd.DataFrame:
-    """The agreement table, also written to `<run>/agreement.csv`; vLLM's results are kept in `<run>/vllm-bench/`.
+    """The agreement table, also written to `<run>/agreement.csv`; each client's turns are in
+    `<run>/agreement_turns.csv`, and vLLM's own results in `<run>/vllm-bench/`.
 
     Each concurrency is split into `rounds` rounds, and the two clients take turns: servelab first in even
-    rounds, vllm bench first in odd ones. The engine's speed drifts between windows (its own counter showed a
-    3 % change in TPOT between two back-to-back windows on the H200); taking turns puts both clients on both
-    sides of a drift, and each is then pooled over its rounds.
+    rounds, vllm bench first in odd ones. The engine's speed drifts between windows (on the H200 its step time
+    doubled for 10 s at a time, with the GPU's clock unchanged); taking turns over many short rounds puts both
+    clients on both sides of a drift, and each is then pooled over its rounds.
     """
-    rows = []
+    rows: list[AgreementRow] = []
+    turns: list[AgreementTurn] = []
     bench_dir = run_dir / "vllm-bench"
-    with JsonlWriter(run_dir / AGREEMENT_REQUESTS_FILE) as writer, prompt_tokenizers([server]) as tokenizers:
+    with (
+        JsonlWriter(run_dir / AGREEMENT_REQUESTS_FILE) as writer,
+        prompt_tokenizers([server]) as tokenizers,
+        VllmBench(python, run_dir / "logs" / "vllm-bench.log") as bench,
+    ):
         for index, concurrency in enumerate(concurrencies):
             prompts = max(min_prompts, prompts_per_concurrency * concurrency)
             per_round = max(concurrency, -(-prompts // rounds))
@@ -184,49 +328,25 @@ def compare_with_vllm_bench(
                 order = ("servelab", "vllm-bench") if round_index % 2 == 0 else ("vllm-bench", "servelab")
                 for client in order:
                     if client == "servelab":
-                        windows.append(servelab_point(
-                            server, sweep, concurrency, per_round, writer, seed, tokenizers[server.name], label
-                        ))
-                        continue
-                    argv = vllm_bench_argv(server, concurrency, per_round, sweep.input_tokens, sweep.output_tokens,
-                                           bench_dir, python, seed, label)
-                    try:
-                        bench_results.append(run_vllm_bench(argv, bench_dir, run_dir / "logs" / "vllm-bench.log"))
-                    except (subprocess.SubprocessError, OSError, ValueError) as error:
-                        log.error("vllm bench serve failed at concurrency %d: %s", concurrency, error)
-            measured = [record for window in windows for record in window.measured if record.ok]
-            seconds = sum(metrics.duration_s(window.measured) for window in windows)
-            ours_tok_s = sum(metrics.output_tokens(r) or 0 for r in measured) / seconds if seconds > 0 else float("nan")
-            ours_ttft = _mean([v for v in map(metrics.ttft_ms, measured) if v is not None])
-            ours_tpot = _mean([v for v in map(metrics.tpot_ms, measured) if v is not None])
-            window_s = sum(window.window_s for window in windows)
-            server_tokens = None if any(w.server_tokens is None for w in windows) else sum(w.server_tokens or 0 for w in windows)
-            server_tok_s = None if server_tokens is None or window_s <= 0 else server_tokens / window_s
-            received_tok_s = sum(w.received_tokens for w in windows) / window_s if window_s > 0 else None
-            bench = _pooled_bench(bench_results)
-            row = AgreementRow(
-                deployment=server.name,
-                concurrency=concurrency,
-                prompts=per_round * rounds,
-                rounds=rounds,
-                servelab_output_tok_s=round(ours_tok_s, 1),
-                vllm_bench_output_tok_s=bench["output_throughput"],
-                output_tok_s_diff_pct=_diff_pct(ours_tok_s, bench["output_throughput"]),
-                servelab_mean_ttft_ms=round(ours_ttft, 2),
-                vllm_bench_mean_ttft_ms=bench["mean_ttft_ms"],
-                ttft_diff_pct=_diff_pct(ours_ttft, bench["mean_ttft_ms"]),
-                servelab_mean_tpot_ms=round(ours_tpot, 3),
-                vllm_bench_mean_tpot_ms=bench["mean_tpot_ms"],
-                tpot_diff_pct=_diff_pct(ours_tpot, bench["mean_tpot_ms"]),
-                server_output_tok_s=None if server_tok_s is None else round(server_tok_s, 1),
-                client_received_tok_s=None if received_tok_s is None else round(received_tok_s, 1),
-                received_over_server=None if not server_tok_s or received_tok_s is None else round(received_tok_s / server_tok_s, 4),
-            )
+                        window = servelab_point(server, sweep, concurrency, per_round, writer, seed, tokenizers[server.name], label)
+                        windows.append(window)
+                        turns.append(_servelab_turn(server, concurrency, round_index, len(turns), window))
+                    else:
+                        args = vllm_bench_args(server, concurrency, per_round, sweep.input_tokens, sweep.output_tokens,
+                                               bench_dir, seed, label)
+                        try:
+                            result = bench.run(args)
+                        except VllmBenchError as error:
+                            log.error("vllm bench serve failed at concurrency %d: %s", concurrency, error)
+                            continue
+                        bench_results.append(result)
+                        turns.append(_bench_turn(server, concurrency, round_index, len(turns), result))
+                    _write_table(run_dir / AGREEMENT_TURNS_FILE, turns)
+            row = _agreement_row(server, concurrency, per_round * rounds, rounds, windows, bench_results)
             log.info("agreement at c=%d: %s", concurrency, row)
-            rows.append(asdict(row))
-    table = pd.DataFrame(rows)
-    table.to_csv(run_dir / AGREEMENT_FILE, index=False)
-    return table
+            rows.append(row)
+            _write_table(run_dir / AGREEMENT_FILE, rows)
+    return pd.DataFrame([asdict(row) for row in rows])
 
 
 def read_agreement(run_dir: Path) -> pd.DataFrame:

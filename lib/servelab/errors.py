@@ -23,3 +23,7 @@ class OutputsError(ServelabError):
 
 class ClientCapacityError(ServelabError):
     """The load generator cannot honour what was asked (file descriptors, schedule) and refuses to start."""
+
+
+class VllmBenchError(ServelabError):
+    """`vllm bench serve` could not run or failed; the message names its log."""
