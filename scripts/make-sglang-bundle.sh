@@ -5,17 +5,18 @@
 # are the very versions of vLLM 0.26.0's bundle), split into chunks of at most 60 MB.
 #   usage: make-sglang-bundle.sh OUTDIR      -> OUTDIR/c0 .. OUTDIR/cN, each holding one chunk sb.NN
 # On the GPU host, gather the chunks in /tmp/sb, then: mkdir -p /tmp/ssite; cat /tmp/sb/sb.* | tar xzf - -C
-# /tmp/ssite; export PYTHONPATH=/tmp/ssite:/tmp/ssite/nvidia_cutlass_dsl/dsl_packages (the second because a
-# .pth file on PYTHONPATH is not read; never together with vLLM's /tmp/vsite: openai, xgrammar,
-# openai-harmony, llguidance, outlines-core, compressed-tensors and fastapi are pinned differently), and run
-# `python3 -m sglang.launch_server --attention-backend flashinfer ...` (FA3, sglang's default on Hopper, is
-# left out, see below; the console scripts carry a foreign shebang).
+# /tmp/ssite; export PYTHONPATH=/tmp/ssite (never together with vLLM's /tmp/vsite: openai, xgrammar,
+# openai-harmony, llguidance, outlines-core, compressed-tensors and fastapi are pinned differently; and not
+# the CuTe DSL's dsl_packages folder, whose `cutlass` fails to import without the CUDA libraries left out
+# below), and run `python3 -m sglang.launch_server --attention-backend triton --sampling-backend pytorch ...`
+# (FA3, sglang's default on Hopper, is left out, see below, and FlashInfer's kernels would be compiled at
+# start-up; the console scripts carry a foreign shebang). It ran so on an H200 on 2026-12-01.
 # The closure below is pip's resolution of sglang==0.5.16 for cp312/manylinux x86_64 (2026-11-24), less what
 # the GPU image already holds, less optional packages too large to carry (tokenspeed-triton, the CuTe DSL
 # cu12/cu13 libraries, humming-kernels' nvcc/nvvm/cccl wheels, tilelang + z3-solver, nvidia-mathdx,
 # torchcodec, py-spy). transformers 5.12.1 and tokenizers 0.22.2 are carried because sglang pins them
 # (the image has 5.17.0 / 0.23.2); numba==0.65.1 is not (it needs numpy<2.5, the image has 2.5.2).
-# docs/results/sglang-offline.md records how this was found; the bundle has not yet been run on the GPU.
+# docs/results/sglang-offline.md records how this was found, and the run.
 set -euo pipefail
 out=${1:?usage: make-sglang-bundle.sh OUTDIR}
 work=$(mktemp -d)

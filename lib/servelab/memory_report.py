@@ -55,8 +55,9 @@ def _unit(samples: pd.DataFrame) -> str:
     return "GPU" if _source(samples) == "nvml" else "host RSS"
 
 
-def _measured_mib(samples: pd.DataFrame) -> pd.Series:
-    idle = idle_footprint(samples)
+def _measured_mib(samples: pd.DataFrame, points: pd.DataFrame | None) -> pd.Series:
+    """Each deployment's idle footprint, as in `phases`: once loaded, outside every load point."""
+    idle = idle_footprint(samples, points)
     return idle.set_index("deployment")["idle_mib"] if not idle.empty else pd.Series(dtype=float)
 
 
@@ -65,10 +66,14 @@ def _total_mib(samples: pd.DataFrame) -> float | None:
     return float(device.iloc[0]) if not device.empty else None
 
 
-def planner_comparison(params: Params, samples: pd.DataFrame) -> pd.DataFrame:
-    """Per deployment, in start order: the planner's prediction, the measured idle footprint, the error, and the
-    seed's formula (weights + available x utilization + overhead) for vLLM deployments."""
-    measured = _measured_mib(samples)
+def planner_comparison(params: Params, samples: pd.DataFrame, points: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per deployment, in start order: the planner's prediction against the measured idle footprint and against
+    the peak under load, and the seed's formula (weights + available x utilization + overhead) for vLLM.
+
+    Both matter to whoever co-locates: the idle footprint is what each framework reserves; the peak is what the
+    next model must leave room for (SGLang and vLLM both allocate some working memory beyond it under load)."""
+    measured = _measured_mib(samples, points)
+    top = peaks(samples).set_index("deployment")["peak_mib"]
     total = _total_mib(samples)
     on_gpu = _source(samples) == "nvml" and total is not None
     # Without a GPU the host's memory stands in for the size: only host-side (llama.cpp) predictions are compared.
@@ -86,6 +91,10 @@ def planner_comparison(params: Params, samples: pd.DataFrame) -> pd.DataFrame:
             "predicted_mib": round(footprint.predicted_mib, 1),
             "measured_mib": None if got is None else round(float(got), 1),
             "error_pct": None if not got else round(100 * (footprint.predicted_mib - got) / got, 2),
+            "peak_mib": None if deployment.name not in top else round(float(top[deployment.name]), 1),
+            "peak_error_pct": None if not top.get(deployment.name) else round(
+                100 * (footprint.predicted_mib - top[deployment.name]) / top[deployment.name], 2
+            ),
         }
         if isinstance(deployment.engine, VllmEngine) and available is not None and footprint.weights_mib is not None:
             seed = seed_formula_mib(footprint.weights_mib, available, deployment.engine.gpu_memory_utilization, footprint.overhead_mib)
@@ -106,7 +115,10 @@ def planner_sentence(comparison: pd.DataFrame) -> str:
     if comparison.empty or comparison["error_pct"].isna().all():
         return "No deployment could be compared with the planner (no matching measurement)."
     worst = comparison["error_pct"].abs().max()
-    text = f"The planner's largest error is {worst:.1f} % of the measured footprint."
+    text = f"The planner's largest error is {worst:.1f} % of the idle footprint"
+    if "peak_error_pct" in comparison and comparison["peak_error_pct"].notna().any():
+        text += f" and {comparison['peak_error_pct'].abs().max():.1f} % of the peak under load"
+    text += "."
     if "seed_error_pct" in comparison and comparison["seed_error_pct"].notna().any():
         seed_worst = comparison["seed_error_pct"].abs().max()
         verdict = "does not hold" if seed_worst > 3 else "holds"

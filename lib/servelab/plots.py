@@ -124,10 +124,15 @@ def memory_timeline(samples: pd.DataFrame, points: pd.DataFrame | None = None) -
 
 
 def planner_vs_measured(comparison: pd.DataFrame) -> Figure:
-    """Predicted against measured memory per deployment; `comparison` has deployment, predicted_mib, measured_mib."""
+    """Predicted against measured memory per deployment: `comparison` from memory_report.planner_comparison
+    (predicted_mib, measured_mib: idle, and peak_mib where there is one)."""
     if comparison.empty:
         return _empty("nothing to compare")
-    long = comparison.melt(id_vars=["deployment"], value_vars=["predicted_mib", "measured_mib"], var_name="what", value_name="mib")
+    names = {"predicted_mib": "planner", "measured_mib": "idle", "peak_mib": "peak under load"}
+    present = [column for column in names if column in comparison and comparison[column].notna().any()]
+    long = comparison.rename(columns=names).melt(
+        id_vars=["deployment"], value_vars=[names[c] for c in present], var_name="what", value_name="mib"
+    )
     figure, axis = plt.subplots(figsize=(7, 3.4))
     sns.barplot(data=long, x="deployment", y="mib", hue="what", ax=axis)
     axis.set_ylabel("MiB")

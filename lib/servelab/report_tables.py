@@ -165,3 +165,35 @@ def agreement(run_dir: Path) -> pd.DataFrame:
     if table.empty:
         return pd.DataFrame({"note": ["not measured in this run (benchmarks/gpu_truth.py measures it on a GPU)"]})
     return table.set_index(["deployment", "concurrency"])
+
+
+def memory(run_dir: Path, samples: pd.DataFrame, points: pd.DataFrame) -> pd.DataFrame:
+    """Per deployment: idle and peak memory against the planner's prediction (03_gpu_memory has the detail)."""
+    from servelab import memory_report
+    from servelab.notebook import recorded
+
+    comparison = memory_report.planner_comparison(recorded(str(run_dir)).params, samples, points)
+    if comparison.empty:
+        return pd.DataFrame({"note": ["no memory was sampled for a deployment the planner can predict"]})
+    columns = ["deployment", "memory", "predicted_mib", "measured_mib", "error_pct", "peak_mib", "peak_error_pct"]
+    names = {"predicted_mib": "planner MiB", "measured_mib": "idle MiB", "error_pct": "planner vs idle %",
+             "peak_mib": "peak MiB", "peak_error_pct": "planner vs peak %"}
+    return comparison[columns].rename(columns=names).set_index("deployment")
+
+
+def memory_sentences(samples: pd.DataFrame, table: pd.DataFrame) -> str:
+    """The planner's and the attribution's verdicts in words, for the report under the memory table."""
+    from servelab import memory_report
+
+    comparison = table.rename(columns={"planner vs idle %": "error_pct", "planner vs peak %": "peak_error_pct"})
+    lines = [memory_report.source_sentence(samples), memory_report.planner_sentence(comparison.reset_index())]
+    check = memory_report.attribution_check(samples)
+    if "max_abs_gap_pct" in check:
+        row = check.iloc[0]
+        lines.append(
+            f"Attribution: over {int(row['listings']):,} listings, the memory listed per process matched device used minus the "
+            f"{row['baseline_mib']:,.0f} MiB baseline within {row['max_abs_gap_pct']:.2f} % at worst (median "
+            f"{row['median_gap_pct']:.3f} %); {row['unattributed_share_pct']:.1f} % of it belonged to no deployment."
+        )
+    return "\n".join(lines)
+

@@ -190,7 +190,8 @@ def test_host_sampler_writes_labelled_host_rss_of_the_whole_tree(tmp_path: Path,
     processes = samples[samples["scope"] == "process"]
     assert {tree.root, tree.child, tree.grandchild, late} <= set(processes["pid"].dropna().astype(int))
     assert set(processes["deployment"].dropna()) == {"llamacpp"}
-    assert (processes["used_mib"] > 1).all()
+    # In MiB: every process holds more than 1 at its largest (a child listed right after its exec may hold less).
+    assert (processes.groupby("pid")["used_mib"].max() > 1).all()
     host = samples[samples["scope"] == "device"]
     assert host["device_index"].isna().all()
     assert (host["total_mib"] == psutil.virtual_memory().total / 2**20).all()
