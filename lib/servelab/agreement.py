@@ -352,3 +352,9 @@ def compare_with_vllm_bench(
 def read_agreement(run_dir: Path) -> pd.DataFrame:
     path = run_dir / AGREEMENT_FILE
     return pd.read_csv(path) if path.exists() else pd.DataFrame()
+
+
+def read_agreement_turns(run_dir: Path) -> pd.DataFrame:
+    path = run_dir / AGREEMENT_TURNS_FILE
+    return pd.read_csv(path) if path.exists() else pd.DataFrame()
+

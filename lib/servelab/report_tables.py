@@ -157,6 +157,13 @@ def warnings(run_dir: Path, summary: pd.DataFrame, samples: pd.DataFrame) -> pd.
     return pd.DataFrame({"warning": notes})
 
 
+def agreement_turns(run_dir: Path) -> pd.DataFrame:
+    """Each client's turns of the comparison (empty where the run made none)."""
+    from servelab.agreement import read_agreement_turns
+
+    return read_agreement_turns(run_dir)
+
+
 def agreement(run_dir: Path) -> pd.DataFrame:
     """servelab against `vllm bench serve` and the engine's own counter, where the run measured it."""
     from servelab.agreement import read_agreement
