@@ -51,10 +51,15 @@ class AgreementRow:
     vllm_bench_mean_tpot_ms: float | None
     tpot_diff_pct: float | None
     server_output_tok_s: float | None
-    """The engine's own generation counter over the window of servelab's point (warm-up included)."""
+    """The engine's own generation counter over the window of servelab's point."""
     client_received_tok_s: float | None
-    """Tokens servelab received (server-counted, warm-up included) over the same window."""
+    """Tokens servelab received (server-counted) over the same window."""
     received_over_server: float | None
+    ttft_diff_vs_engine_pct: float | None = None
+    """servelab's mean TTFT over the engine's own, against vllm bench's over the engine's own, each in its own
+    turns: the TTFT comparison with the engine's drift between turns taken out."""
+    tpot_diff_vs_engine_pct: float | None = None
+    """The same for TPOT."""
 
 
 def _diff_pct(ours: float, theirs: float | None) -> float | None:
@@ -156,6 +161,18 @@ class VllmBench:
         return reply
 
 
+@dataclass(frozen=True)
+class EngineWindow:
+    """The engine's own means over one client's turn, from its Prometheus histograms (None where it keeps none)."""
+
+    ttft_ms: float | None
+    tpot_ms: float | None
+
+    @classmethod
+    def between(cls, before: engine_metrics.CounterSnapshot, after: engine_metrics.CounterSnapshot) -> EngineWindow:
+        return cls(engine_metrics.engine_ttft_ms(before, after), engine_metrics.engine_tpot_ms(before, after))
+
+
 @dataclass
 class ServelabWindow:
     """One servelab point of the comparison: its records, and the engine's and the client's token counts over it."""
@@ -163,9 +180,10 @@ class ServelabWindow:
     records: list[RequestRecord]
     window_s: float
     server_tokens: float | None
-    """Generated tokens by the engine's own Prometheus counter over the window (warm-up included)."""
+    """Generated tokens by the engine's own Prometheus counter over the window."""
     received_tokens: int
-    """Tokens servelab received over the same window (server-counted, warm-up included)."""
+    """Tokens servelab received over the same window (server-counted)."""
+    engine: EngineWindow
 
     @property
     def measured(self) -> list[RequestRecord]:
@@ -176,10 +194,13 @@ def servelab_point(
     server: RunningServer, sweep: Sweep, concurrency: int, prompts: int, writer: JsonlWriter, seed: int,
     tokenizer: JsonTokenizer | ServerTokenizer | None, label: str = "",
 ) -> ServelabWindow:
-    """One closed-loop point of random-token prompts in the model's own tokens, bracketed by the engine's counter."""
+    """One closed-loop point of random-token prompts in the model's own tokens, bracketed by the engine's counters.
+
+    No warm-up, as `vllm bench serve` has none (its ready check is off by default): each client's window then
+    holds exactly its measured requests, and the engine's own means over the window are over those requests."""
     point_sweep = sweep.model_copy(
         update={
-            "requests_per_point": prompts, "duration_s": None, "warmup_requests": min(concurrency, 16),
+            "requests_per_point": prompts, "duration_s": None, "warmup_requests": 0,
             "languages": ("random",), "prompts_file": None,
         }
     )
@@ -202,7 +223,15 @@ def servelab_point(
     if before.generated_tokens is not None and after.generated_tokens is not None:
         server_tokens = after.generated_tokens - before.generated_tokens
     received = sum(record.output_tokens or 0 for record in records if record.ok)
-    return ServelabWindow(records, (after.t_ns - before.t_ns) / 1e9, server_tokens, received)
+    return ServelabWindow(records, (after.t_ns - before.t_ns) / 1e9, server_tokens, received, EngineWindow.between(before, after))
+
+
+def vllm_bench_turn(bench: VllmBench, server: RunningServer, args: list[str]) -> tuple[dict, EngineWindow]:
+    """One `vllm bench serve`, bracketed by the engine's counters as servelab's turns are."""
+    before = engine_metrics.snapshot(server.base_url, server.metrics_path or "/metrics")
+    result = bench.run(args)
+    after = engine_metrics.snapshot(server.base_url, server.metrics_path or "/metrics")
+    return result, EngineWindow.between(before, after)
 
 
 def _mean(values: list[float]) -> float:
@@ -237,6 +266,13 @@ class AgreementTurn:
     output_tok_s: float | None
     mean_ttft_ms: float | None
     mean_tpot_ms: float | None
+    engine_mean_ttft_ms: float | None
+    """The engine's own mean TTFT over this turn's requests (its Prometheus histogram)."""
+    engine_mean_tpot_ms: float | None
+
+
+def _round(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
 
 
 def _servelab_turn(server: RunningServer, concurrency: int, round_index: int, turn: int, window: ServelabWindow) -> AgreementTurn:
@@ -248,19 +284,39 @@ def _servelab_turn(server: RunningServer, concurrency: int, round_index: int, tu
         output_tok_s=round(sum(metrics.output_tokens(r) or 0 for r in measured) / seconds, 1) if seconds > 0 else None,
         mean_ttft_ms=round(_mean([v for v in map(metrics.ttft_ms, measured) if v is not None]), 2),
         mean_tpot_ms=round(_mean([v for v in map(metrics.tpot_ms, measured) if v is not None]), 3),
+        engine_mean_ttft_ms=_round(window.engine.ttft_ms, 2), engine_mean_tpot_ms=_round(window.engine.tpot_ms, 3),
     )
 
 
-def _bench_turn(server: RunningServer, concurrency: int, round_index: int, turn: int, result: dict) -> AgreementTurn:
+def _bench_turn(
+    server: RunningServer, concurrency: int, round_index: int, turn: int, result: dict, engine: EngineWindow,
+) -> AgreementTurn:
     return AgreementTurn(
         deployment=server.name, concurrency=concurrency, round=round_index, turn=turn, client="vllm-bench",
         requests=result["completed"], output_tok_s=round(result["output_throughput"], 1),
         mean_ttft_ms=round(result["mean_ttft_ms"], 2), mean_tpot_ms=round(result["mean_tpot_ms"], 3),
+        engine_mean_ttft_ms=_round(engine.ttft_ms, 2), engine_mean_tpot_ms=_round(engine.tpot_ms, 3),
     )
+
+
+def over_engine(turns: list[AgreementTurn], client: str, metric: str) -> float | None:
+    """A client's mean of `metric` ('ttft' or 'tpot') over the engine's own mean in the same turns, pooled by
+    requests. Each turn is set against the engine in that very window, so a drift in the engine's speed between
+    turns cancels; None where the engine keeps no such histogram."""
+    pairs = [(getattr(t, f"mean_{metric}_ms"), getattr(t, f"engine_mean_{metric}_ms"), t.requests)
+             for t in turns if t.client == client]
+    if not pairs or any(ours is None or engine is None or engine <= 0 for ours, engine, _ in pairs):
+        return None
+    return sum(ours * n for ours, _, n in pairs) / sum(engine * n for _, engine, n in pairs)
+
+
+def _ratio_diff_pct(ours: float | None, theirs: float | None) -> float | None:
+    return None if ours is None or not theirs else round(100.0 * (ours / theirs - 1.0), 2)
 
 
 def _agreement_row(
     server: RunningServer, concurrency: int, prompts: int, rounds: int, windows: list[ServelabWindow], bench_results: list[dict],
+    turns: list[AgreementTurn],
 ) -> AgreementRow:
     measured = [record for window in windows for record in window.measured if record.ok]
     seconds = sum(metrics.duration_s(window.measured) for window in windows)
@@ -289,6 +345,8 @@ def _agreement_row(
         server_output_tok_s=None if server_tok_s is None else round(server_tok_s, 1),
         client_received_tok_s=None if received_tok_s is None else round(received_tok_s, 1),
         received_over_server=None if not server_tok_s or received_tok_s is None else round(received_tok_s / server_tok_s, 4),
+        ttft_diff_vs_engine_pct=_ratio_diff_pct(over_engine(turns, "servelab", "ttft"), over_engine(turns, "vllm-bench", "ttft")),
+        tpot_diff_vs_engine_pct=_ratio_diff_pct(over_engine(turns, "servelab", "tpot"), over_engine(turns, "vllm-bench", "tpot")),
     )
 
 
@@ -307,7 +365,9 @@ def compare_with_vllm_bench(
     Each concurrency is split into `rounds` rounds, and the two clients take turns: servelab first in even
     rounds, vllm bench first in odd ones. The engine's speed drifts between windows (on the H200 its step time
     doubled for 10 s at a time, with the GPU's clock unchanged); taking turns over many short rounds puts both
-    clients on both sides of a drift, and each is then pooled over its rounds.
+    clients on both sides of a drift, and each is then pooled over its rounds. Every turn is also bracketed by
+    the engine's own latency histograms, so each client's TTFT and TPOT can be set against the engine in its
+    own window (`ttft_diff_vs_engine_pct`, `tpot_diff_vs_engine_pct`), which the drift does not reach.
     """
     rows: list[AgreementRow] = []
     turns: list[AgreementTurn] = []
@@ -335,14 +395,15 @@ def compare_with_vllm_bench(
                         args = vllm_bench_args(server, concurrency, per_round, sweep.input_tokens, sweep.output_tokens,
                                                bench_dir, seed, label)
                         try:
-                            result = bench.run(args)
+                            result, engine = vllm_bench_turn(bench, server, args)
                         except VllmBenchError as error:
                             log.error("vllm bench serve failed at concurrency %d: %s", concurrency, error)
                             continue
                         bench_results.append(result)
-                        turns.append(_bench_turn(server, concurrency, round_index, len(turns), result))
+                        turns.append(_bench_turn(server, concurrency, round_index, len(turns), result, engine))
                     _write_table(run_dir / AGREEMENT_TURNS_FILE, turns)
-            row = _agreement_row(server, concurrency, per_round * rounds, rounds, windows, bench_results)
+            row = _agreement_row(server, concurrency, per_round * rounds, rounds, windows, bench_results,
+                                 [turn for turn in turns if turn.concurrency == concurrency])
             log.info("agreement at c=%d: %s", concurrency, row)
             rows.append(row)
             _write_table(run_dir / AGREEMENT_FILE, rows)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
@@ -14,6 +15,23 @@ GENERATED_TOKEN_COUNTERS = (
     "sglang:generation_tokens",
     "llamacpp:tokens_predicted",
 )
+
+ENGINE_TTFT = (
+    ("vllm:time_to_first_token_seconds_sum", "vllm:time_to_first_token_seconds_count"),
+    ("sglang:time_to_first_token_seconds_sum", "sglang:time_to_first_token_seconds_count"),
+)
+"""(seconds, count) pairs of the engines' own time to first token; llama.cpp keeps none."""
+
+ENGINE_TPOT = (
+    # vLLM: each request's mean time per output token, one observation per request.
+    ("vllm:request_time_per_output_token_seconds_sum", "vllm:request_time_per_output_token_seconds_count"),
+    # SGLang: every gap between two output tokens.
+    ("sglang:inter_token_latency_seconds_sum", "sglang:inter_token_latency_seconds_count"),
+    # llama.cpp: each finished request's generation time and tokens, summed.
+    ("llamacpp:tokens_predicted_seconds", "llamacpp:tokens_predicted"),
+)
+"""(seconds, count) pairs of the engines' own time per output token. With fixed-length outputs (ignore_eos) a mean per
+request and a mean per token are the same figure."""
 
 
 def read_counters(base_url: str, metrics_path: str = "/metrics", timeout_s: float = 10.0) -> dict[str, float]:
@@ -27,12 +45,20 @@ def read_counters(base_url: str, metrics_path: str = "/metrics", timeout_s: floa
     return totals
 
 
-def generated_tokens(counters: dict[str, float]) -> float | None:
+def _sample(counters: Mapping[str, float], name: str) -> float | None:
+    """A sample by name; a counter's sample may carry the `_total` suffix its family name drops."""
+    for key in (name + "_total", name):
+        if key in counters:
+            return counters[key]
+    return None
+
+
+def generated_tokens(counters: Mapping[str, float]) -> float | None:
     """The engine's own count of output tokens generated so far, whichever engine it is."""
     for name in GENERATED_TOKEN_COUNTERS:
-        for key in (name + "_total", name):
-            if key in counters:
-                return counters[key]
+        found = _sample(counters, name)
+        if found is not None:
+            return found
     return None
 
 
@@ -40,10 +66,34 @@ def generated_tokens(counters: dict[str, float]) -> float | None:
 class CounterSnapshot:
     t_ns: int
     generated_tokens: float | None
+    counters: Mapping[str, float] = field(default_factory=dict, repr=False, compare=False)
+    """Every sample of the endpoint at that moment, for the engine's own latency means."""
 
 
 def snapshot(base_url: str, metrics_path: str = "/metrics") -> CounterSnapshot:
-    return CounterSnapshot(t_ns=now_ns(), generated_tokens=generated_tokens(read_counters(base_url, metrics_path)))
+    counters = read_counters(base_url, metrics_path)
+    return CounterSnapshot(t_ns=now_ns(), generated_tokens=generated_tokens(counters), counters=counters)
+
+
+def engine_mean_ms(before: CounterSnapshot, after: CounterSnapshot, sources: tuple[tuple[str, str], ...]) -> float | None:
+    """The engine's own mean of a latency over the requests between two snapshots: Δseconds / Δcount, in ms, from
+    the first (seconds, count) pair the engine exposes; None where it exposes none or nothing happened."""
+    for seconds_name, count_name in sources:
+        values = [_sample(snap.counters, name) for snap in (before, after) for name in (seconds_name, count_name)]
+        if any(value is None for value in values):
+            continue
+        seconds_before, count_before, seconds_after, count_after = values
+        count = count_after - count_before  # type: ignore[operator]
+        return 1000.0 * (seconds_after - seconds_before) / count if count > 0 else None  # type: ignore[operator]
+    return None
+
+
+def engine_ttft_ms(before: CounterSnapshot, after: CounterSnapshot) -> float | None:
+    return engine_mean_ms(before, after, ENGINE_TTFT)
+
+
+def engine_tpot_ms(before: CounterSnapshot, after: CounterSnapshot) -> float | None:
+    return engine_mean_ms(before, after, ENGINE_TPOT)
 
 
 def server_output_tok_s(before: CounterSnapshot, after: CounterSnapshot) -> float | None:

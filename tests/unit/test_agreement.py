@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 from servelab import plots, report_tables
-from servelab.agreement import AGREEMENT_TURNS_FILE, VllmBench
+from servelab.agreement import AGREEMENT_TURNS_FILE, AgreementTurn, VllmBench, over_engine
+from servelab.engine_metrics import CounterSnapshot, engine_tpot_ms, engine_ttft_ms
 from servelab.errors import VllmBenchError
 
 TURNS = Path(__file__).parents[1] / "data" / "recorded" / "h200-agreement-turns.csv"
@@ -39,4 +40,36 @@ def test_the_report_plots_each_turn_of_each_client_one_panel_per_concurrency(tmp
 def test_a_run_without_a_comparison_shows_that_instead_of_an_empty_plot(tmp_path: Path) -> None:
     figure = plots.agreement_turns(report_tables.agreement_turns(tmp_path))
     assert "no comparison" in " ".join(text.get_text() for axis in figure.axes for text in axis.texts)
+
+
+def _turn(client: str, requests: int, ttft: float, engine_ttft: float | None, tpot: float, engine_tpot: float) -> AgreementTurn:
+    return AgreementTurn("tiny", 16, 0, 0, client, requests, 1000.0, ttft, tpot, engine_ttft, engine_tpot)
+
+
+def test_set_against_the_engine_in_each_turn_a_drift_between_turns_cancels() -> None:
+    # The engine ran twice as slow in vllm bench's turn: the raw means differ by half, the clients do not.
+    turns = [_turn("servelab", 32, 60.0, 50.0, 10.5, 10.0), _turn("vllm-bench", 32, 120.0, 100.0, 21.0, 20.0)]
+    assert over_engine(turns, "servelab", "ttft") == pytest.approx(1.2)
+    assert over_engine(turns, "vllm-bench", "ttft") == pytest.approx(1.2)
+    assert over_engine(turns, "servelab", "tpot") == pytest.approx(over_engine(turns, "vllm-bench", "tpot"))
+    # Pooled by requests over a client's turns.
+    more = [*turns, _turn("servelab", 96, 40.0, 40.0, 10.0, 10.0)]
+    assert over_engine(more, "servelab", "ttft") == pytest.approx((60 * 32 + 40 * 96) / (50 * 32 + 40 * 96))
+    # An engine without the histogram gives no figure rather than a wrong one.
+    assert over_engine([_turn("servelab", 8, 30.0, None, 10.0, 10.0)], "servelab", "ttft") is None
+
+
+def test_the_engines_own_means_come_from_its_histograms_between_two_readings() -> None:
+    before = CounterSnapshot(0, 100.0, {"vllm:time_to_first_token_seconds_sum": 2.0, "vllm:time_to_first_token_seconds_count": 40.0,
+                                        "vllm:request_time_per_output_token_seconds_sum": 0.4,
+                                        "vllm:request_time_per_output_token_seconds_count": 40.0})
+    after = CounterSnapshot(1, 200.0, {"vllm:time_to_first_token_seconds_sum": 3.5, "vllm:time_to_first_token_seconds_count": 50.0,
+                                       "vllm:request_time_per_output_token_seconds_sum": 0.52,
+                                       "vllm:request_time_per_output_token_seconds_count": 50.0})
+    assert engine_ttft_ms(before, after) == pytest.approx(150.0)
+    assert engine_tpot_ms(before, after) == pytest.approx(12.0)
+    assert engine_ttft_ms(after, after) is None, "no request between the readings"
+    llama = CounterSnapshot(0, 0.0, {"llamacpp:tokens_predicted_seconds_total": 0.0, "llamacpp:tokens_predicted_total": 0.0})
+    later = CounterSnapshot(1, 8.0, {"llamacpp:tokens_predicted_seconds_total": 0.169062, "llamacpp:tokens_predicted_total": 8.0})
+    assert engine_tpot_ms(llama, later) == pytest.approx(21.13, abs=0.01)
 
