@@ -142,8 +142,13 @@ class VllmBench:
         log.info("vllm bench serve: %s", shlex.join(vllm_bench_command(args, self.python)))
         result = Path(args[args.index("--result-dir") + 1]) / args[args.index("--result-filename") + 1]
         result.parent.mkdir(parents=True, exist_ok=True)
-        self._process.stdin.write(json.dumps(args) + "\n")
-        self._process.stdin.flush()
+        if self._process.poll() is not None:
+            raise VllmBenchError(f"vllm bench serve: its process exited earlier (code {self._process.returncode}); see {self.log_path}")
+        try:
+            self._process.stdin.write(json.dumps(args) + "\n")
+            self._process.stdin.flush()
+        except BrokenPipeError as error:
+            raise VllmBenchError(f"vllm bench serve: its process is gone; see {self.log_path}") from error
         self._reply(self.timeout_s)
         return json.loads(result.read_text())
 
@@ -275,15 +280,33 @@ def _round(value: float | None, digits: int) -> float | None:
     return None if value is None else round(value, digits)
 
 
+@dataclass(frozen=True)
+class ServelabFigures:
+    """servelab's own figures over one or more windows: output tok/s over their summed durations, and the means."""
+
+    requests: int
+    output_tok_s: float
+    mean_ttft_ms: float
+    mean_tpot_ms: float
+
+    @classmethod
+    def of(cls, windows: list[ServelabWindow]) -> ServelabFigures:
+        measured = [record for window in windows for record in window.measured if record.ok]
+        seconds = sum(metrics.duration_s(window.measured) for window in windows)
+        return cls(
+            requests=len(measured),
+            output_tok_s=sum(metrics.output_tokens(r) or 0 for r in measured) / seconds if seconds > 0 else float("nan"),
+            mean_ttft_ms=_mean([v for v in map(metrics.ttft_ms, measured) if v is not None]),
+            mean_tpot_ms=_mean([v for v in map(metrics.tpot_ms, measured) if v is not None]),
+        )
+
+
 def _servelab_turn(server: RunningServer, concurrency: int, round_index: int, turn: int, window: ServelabWindow) -> AgreementTurn:
-    measured = [record for record in window.measured if record.ok]
-    seconds = metrics.duration_s(measured)
+    ours = ServelabFigures.of([window])
     return AgreementTurn(
         deployment=server.name, concurrency=concurrency, round=round_index, turn=turn, client="servelab",
-        requests=len(measured),
-        output_tok_s=round(sum(metrics.output_tokens(r) or 0 for r in measured) / seconds, 1) if seconds > 0 else None,
-        mean_ttft_ms=round(_mean([v for v in map(metrics.ttft_ms, measured) if v is not None]), 2),
-        mean_tpot_ms=round(_mean([v for v in map(metrics.tpot_ms, measured) if v is not None]), 3),
+        requests=ours.requests, output_tok_s=round(ours.output_tok_s, 1), mean_ttft_ms=round(ours.mean_ttft_ms, 2),
+        mean_tpot_ms=round(ours.mean_tpot_ms, 3),
         engine_mean_ttft_ms=_round(window.engine.ttft_ms, 2), engine_mean_tpot_ms=_round(window.engine.tpot_ms, 3),
     )
 
@@ -318,11 +341,7 @@ def _agreement_row(
     server: RunningServer, concurrency: int, prompts: int, rounds: int, windows: list[ServelabWindow], bench_results: list[dict],
     turns: list[AgreementTurn],
 ) -> AgreementRow:
-    measured = [record for window in windows for record in window.measured if record.ok]
-    seconds = sum(metrics.duration_s(window.measured) for window in windows)
-    ours_tok_s = sum(metrics.output_tokens(r) or 0 for r in measured) / seconds if seconds > 0 else float("nan")
-    ours_ttft = _mean([v for v in map(metrics.ttft_ms, measured) if v is not None])
-    ours_tpot = _mean([v for v in map(metrics.tpot_ms, measured) if v is not None])
+    ours = ServelabFigures.of(windows)
     window_s = sum(window.window_s for window in windows)
     server_tokens = None if any(w.server_tokens is None for w in windows) else sum(w.server_tokens or 0 for w in windows)
     server_tok_s = None if server_tokens is None or window_s <= 0 else server_tokens / window_s
@@ -333,15 +352,15 @@ def _agreement_row(
         concurrency=concurrency,
         prompts=prompts,
         rounds=rounds,
-        servelab_output_tok_s=round(ours_tok_s, 1),
+        servelab_output_tok_s=round(ours.output_tok_s, 1),
         vllm_bench_output_tok_s=bench["output_throughput"],
-        output_tok_s_diff_pct=_diff_pct(ours_tok_s, bench["output_throughput"]),
-        servelab_mean_ttft_ms=round(ours_ttft, 2),
+        output_tok_s_diff_pct=_diff_pct(ours.output_tok_s, bench["output_throughput"]),
+        servelab_mean_ttft_ms=round(ours.mean_ttft_ms, 2),
         vllm_bench_mean_ttft_ms=bench["mean_ttft_ms"],
-        ttft_diff_pct=_diff_pct(ours_ttft, bench["mean_ttft_ms"]),
-        servelab_mean_tpot_ms=round(ours_tpot, 3),
+        ttft_diff_pct=_diff_pct(ours.mean_ttft_ms, bench["mean_ttft_ms"]),
+        servelab_mean_tpot_ms=round(ours.mean_tpot_ms, 3),
         vllm_bench_mean_tpot_ms=bench["mean_tpot_ms"],
-        tpot_diff_pct=_diff_pct(ours_tpot, bench["mean_tpot_ms"]),
+        tpot_diff_pct=_diff_pct(ours.mean_tpot_ms, bench["mean_tpot_ms"]),
         server_output_tok_s=None if server_tok_s is None else round(server_tok_s, 1),
         client_received_tok_s=None if received_tok_s is None else round(received_tok_s, 1),
         received_over_server=None if not server_tok_s or received_tok_s is None else round(received_tok_s / server_tok_s, 4),
