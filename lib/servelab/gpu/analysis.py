@@ -143,10 +143,14 @@ def _outside(times: pd.Series, points: pd.DataFrame | None, last_ns: int) -> pd.
 
 
 def idle_footprint(samples: pd.DataFrame, points: pd.DataFrame | None = None, settle_s: float = 0.0) -> pd.DataFrame:
-    """Per deployment, its memory once loaded and outside every load point: idle_mib (median), min, max, samples.
+    """Per deployment, its memory once loaded and before any load: idle_mib (median), min, max, samples.
 
-    'Loaded' starts at the first listing where the deployment holds memory (plus `settle_s`); listings where it
-    holds none (an Ollama model unloaded by keep_alive) are left out, so this is the footprint while loaded.
+    'Loaded' starts at the first listing where the deployment holds memory (plus `settle_s`); 'before any load'
+    is before the first load point starts. A deployment first listed after that (an Ollama model loaded by the
+    first request) is taken outside every load point instead. Listings where it holds none (an Ollama model
+    unloaded by keep_alive) are left out, so this is the footprint while loaded. What an engine takes beyond it
+    under load, and keeps (host RSS grows as pages are first touched; SGLang and vLLM take working memory), is
+    in `peaks` and `memory_under_load`.
     """
     memory = deployment_memory(samples)
     memory = memory[(memory["deployment"] != UNATTRIBUTED) & (memory["used_mib"] > 0)]
@@ -156,6 +160,9 @@ def idle_footprint(samples: pd.DataFrame, points: pd.DataFrame | None = None, se
     memory = memory.join(loaded, on="deployment")
     memory = memory[memory["t_ns"] >= memory["loaded_ns"] + int(settle_s * 1e9)]
     memory = memory[_outside(memory["t_ns"], points, int(samples["t_ns"].max()))]
+    if points is not None and not points.empty:
+        before_load = memory[memory["t_ns"] < points["start_ns"].min()]
+        memory = pd.concat([before_load, memory[~memory["deployment"].isin(before_load["deployment"])]])
     table = memory.groupby("deployment").agg(
         idle_mib=("used_mib", "median"), min_mib=("used_mib", "min"), max_mib=("used_mib", "max"), samples=("used_mib", "size")
     )
