@@ -56,7 +56,7 @@ def _unit(samples: pd.DataFrame) -> str:
 
 
 def _measured_mib(samples: pd.DataFrame, points: pd.DataFrame | None) -> pd.Series:
-    """Each deployment's idle footprint, as in `phases`: once loaded, outside every load point."""
+    """Each deployment's idle footprint, as in `phases`: once loaded and before any load."""
     idle = idle_footprint(samples, points)
     return idle.set_index("deployment")["idle_mib"] if not idle.empty else pd.Series(dtype=float)
 

@@ -153,4 +153,3 @@ def agreement_turns(turns: pd.DataFrame) -> Figure:
     grid.set_axis_labels("turn (in the order run)", "output tokens/s")
     grid.figure.suptitle("Each turn of the comparison: servelab and vllm bench serve on the same server", y=1.04)
     return grid.figure
-

@@ -192,8 +192,10 @@ def memory_sentences(samples: pd.DataFrame, table: pd.DataFrame) -> str:
     """The planner's and the attribution's verdicts in words, for the report under the memory table."""
     from servelab import memory_report
 
-    comparison = table.rename(columns={"planner vs idle %": "error_pct", "planner vs peak %": "peak_error_pct"})
-    lines = [memory_report.source_sentence(samples), memory_report.planner_sentence(comparison.reset_index())]
+    lines = [memory_report.source_sentence(samples)]
+    if "planner vs idle %" in table:
+        comparison = table.rename(columns={"planner vs idle %": "error_pct", "planner vs peak %": "peak_error_pct"})
+        lines.append(memory_report.planner_sentence(comparison.reset_index()))
     check = memory_report.attribution_check(samples)
     if "max_abs_gap_pct" in check:
         row = check.iloc[0]

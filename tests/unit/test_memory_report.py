@@ -7,8 +7,9 @@ import gzip
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
-from servelab import memory_report, tables
+from servelab import memory_report, report_tables, tables
 from servelab.notebook import recorded
 
 RUN = Path(__file__).parents[1] / "data" / "recorded" / "h200-sglang-run"
@@ -37,3 +38,17 @@ def test_the_planner_is_set_against_the_idle_footprint_of_the_phases_table_and_a
     assert row["peak_error_pct"] == pytest.approx(100 * (row["predicted_mib"] - 22_872.0) / 22_872.0, abs=0.01)
     assert row["peak_error_pct"] < row["error_pct"] < 0
     assert "of the peak under load" in memory_report.planner_sentence(comparison.reset_index())
+
+
+def test_the_report_states_the_planner_and_the_attribution_in_words(run_dir: Path) -> None:
+    samples, points = tables.memory_frame(run_dir), tables.points_frame(run_dir)
+    table = report_tables.memory(run_dir, samples, points)
+    assert table.loc["tinyllama-sglang", "peak MiB"] == pytest.approx(22_872.0)
+    text = report_tables.memory_sentences(samples, table)
+    assert "of the peak under load" in text
+    assert "Attribution: over 1,686 listings" in text and "0.0 % of it belonged to no deployment" in text
+
+
+def test_a_run_without_memory_samples_gets_a_sentence_not_an_error(tmp_path: Path) -> None:
+    samples = tables.memory_frame(tmp_path)
+    assert report_tables.memory_sentences(samples, pd.DataFrame({"note": ["nothing sampled"]})) == "No memory samples in this run."
