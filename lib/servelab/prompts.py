@@ -132,6 +132,21 @@ def _grow(
     return text
 
 
+def _cut_growing(
+    tokenizer: PromptTokenizer, text: str, target_tokens: int, enough: int, grow: Callable[[str], str]
+) -> tuple[str, int]:
+    """`text` cut to `target_tokens` of the tokenizer's tokens, with one encoding per try that both cuts and says
+    whether the text was long enough: while all of it counts fewer than `enough`, it is grown by `grow`. A
+    tokenizer that still counts short after MAX_GROWTHS growths is wrong, and that is an error."""
+    trimmed, counted = tokenizer.prefix(text, target_tokens)
+    for _ in range(MAX_GROWTHS):
+        if trimmed != text or counted >= enough:
+            return trimmed, counted
+        text = grow(text)
+        trimmed, counted = tokenizer.prefix(text, target_tokens)
+    raise RuntimeError(f"the tokenizer counted {counted} tokens in {len(text)} characters")
+
+
 def compose_prompts(
     language: str,
     count: int,
@@ -152,8 +167,6 @@ def compose_prompts(
     if count < 0 or target_tokens < 1:
         raise ValueError(f"count must be >= 0 and target_tokens >= 1, got {count} and {target_tokens}")
     shipped = passages(language)
-    if tokenizer is not None:
-        count_tokens = count_tokens or tokenizer.count
     rng = random.Random(f"servelab.prompts:{language}:{seed}:{salt}")
     separator = " " if language in ("en", "es", "ko") else ""
     prompts: list[Prompt] = []
@@ -164,17 +177,12 @@ def compose_prompts(
         parts = [f"{rng.getrandbits(32):08x} " + separator.join(sentences[start:])]
         text = parts[0]
         if tokenizer is not None:
-            # One encoding both trims and tells whether the text was long enough: grow only when it was not.
             while estimate_tokens(text, language) < target_tokens:
                 text = _grow(parts, first, shipped, rng, language, target_tokens)
-            trimmed, counted = tokenizer.prefix(text, target_tokens)
-            for _ in range(MAX_GROWTHS):
-                if counted >= target_tokens - 2 or trimmed != text:
-                    break
-                text = _grow(parts, first, shipped, rng, language, target_tokens)
-                trimmed, counted = tokenizer.prefix(text, target_tokens)
-            else:
-                raise RuntimeError(f"the tokenizer counted {counted} tokens in {len(text)} characters of {language} text")
+            trimmed, counted = _cut_growing(
+                tokenizer, text, target_tokens, target_tokens - 2,
+                lambda _: _grow(parts, first, shipped, rng, language, target_tokens),  # noqa: B023 - used in this iteration only
+            )
             prompts.append(Prompt(trimmed, language, target_tokens, counted))
             continue
         for _ in range(MAX_GROWTHS):
@@ -213,8 +221,6 @@ def random_prompts(
     """
     rng = random.Random(f"servelab.prompts:random:{seed}:{salt}")
     vocabulary = tokenizer if isinstance(tokenizer, JsonTokenizer) else None
-    if tokenizer is not None:
-        count_tokens = count_tokens or tokenizer.count
     if vocabulary is not None:
         ids = vocabulary.ordinary_ids()
     else:
@@ -229,13 +235,19 @@ def random_prompts(
     prompts: list[Prompt] = []
     for _ in range(count):
         text = draw(target_tokens)
+        if tokenizer is not None:
+            trimmed, counted = _cut_growing(
+                tokenizer, text, target_tokens, target_tokens, lambda grown: grown + " " + draw(target_tokens)
+            )
+            prompts.append(Prompt(trimmed, "random", target_tokens, counted))
+            continue
         for _ in range(MAX_GROWTHS):
             if count_tokens is None or count_tokens(text) >= target_tokens:
                 break
             text += " " + draw(target_tokens)
         else:
             raise RuntimeError(f"the tokenizer counted fewer than {target_tokens} tokens in {len(text)} characters")
-        trimmed, counted = trim_to_tokens(text, target_tokens, "random", count_tokens, tokenizer)
+        trimmed, counted = trim_to_tokens(text, target_tokens, "random", count_tokens)
         prompts.append(Prompt(trimmed, "random", target_tokens, counted))
     return prompts
 
