@@ -129,9 +129,13 @@ def nvml_call_costs(device_index: int, calls: int = 2000) -> dict[str, float]:
         memory_only.close()
 
 
+FLOORS = ("floor-event", "floor-sleep")
+
+
 def _variant(name: str) -> dict[str, float]:
-    """'default', or PROCESS_HZ:ENERGY_EVERY_S:UTILIZATION_EVERY_S[:DETAIL_HZ] as MemorySampler keyword arguments."""
-    if name == "default":
+    """'default' or a floor (no sampler settings), or PROCESS_HZ:ENERGY_EVERY_S:UTILIZATION_EVERY_S[:DETAIL_HZ] as
+    MemorySampler keyword arguments."""
+    if name in ("default", *FLOORS):
         return {}
     keys = ("process_hz", "energy_every_s", "utilization_every_s", "detail_hz")
     try:
@@ -164,17 +168,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"NVML: ABSENT on this machine; measuring the host_rss fallback at {args.hz:g} Hz instead (no GPU numbers)")
     pid_map = PidMap()
     pid_map.add("this-benchmark", os.getpid())
-    variants = {name: {} if name.startswith("floor-") else _variant(name) for name in args.variants}
-    for name in args.variants:
-        if name.startswith("floor-") and name not in ("floor-event", "floor-sleep"):
-            raise SystemExit(f"--variants {name!r}: the floors are 'floor-event' and 'floor-sleep'")
+    variants = {name: _variant(name) for name in args.variants}
     rows = []
     with tempfile.TemporaryDirectory() as run_dir:
         for round_index in range(args.rounds):
             rows.append({"round": round_index, "variant": "-"} | window(args.window_s, None, args.settle_s))
             for name, settings in variants.items():
                 sampler: MemorySampler | WakeFloor
-                if name.startswith("floor-"):
+                if name in FLOORS:
                     sampler = WakeFloor(args.hz, name.removeprefix("floor-"))
                 else:
                     sampler = MemorySampler(Path(run_dir) / f"r{round_index}-{len(rows)}", sample_hz=args.hz,
