@@ -21,6 +21,12 @@ fi
 export JUPYTER_PATH=/tmp/site/share/jupyter
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1 MPLBACKEND=Agg
 rm -f /tmp/gpu-truth.done
+# The host's CPU time, steal included (a guest's vCPU waiting for the hypervisor), once a second: an eager engine
+# runs every decode step from Python, so a host that slows down shows in its speed.
+if [ ! -e /tmp/gpu-checks/cpu-stat.log ]; then
+  mkdir -p /tmp/gpu-checks
+  setsid nohup bash -c 'while :; do echo "$(date +%s.%N) $(head -1 /proc/stat)"; sleep 1; done' > /tmp/gpu-checks/cpu-stat.log 2>&1 < /dev/null &
+fi
 # Each device call copies the working tree over the repository again, which deletes the folder a running
 # process stands in (papermill then fails in os.getcwd()): run from a copy of our own.
 rm -rf /tmp/servelab-repo && cp -a "$repo" /tmp/servelab-repo && repo=/tmp/servelab-repo
