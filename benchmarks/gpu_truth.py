@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-from servelab.agreement import compare_with_vllm_bench
+from servelab.agreement import MODES, compare_with_vllm_bench
 from servelab.deploy import stop_on_signals
 from servelab.errors import VllmBenchError
 from servelab.report import export_report, write_index
@@ -33,6 +33,8 @@ def main() -> int:
     parser.add_argument("--prompts-per-concurrency", type=int, default=8, help="prompts per comparison point: this x concurrency")
     parser.add_argument("--min-prompts", type=int, default=64, help="but at least this many")
     parser.add_argument("--rounds", type=int, default=2, help="the two clients take turns over this many rounds")
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES),
+                        help="turns: one client after the other; shared: both at once, half the streams each")
     parser.add_argument("--no-bench", action="store_true", help="no comparison with vllm bench serve (another framework)")
     parser.add_argument("--agreement-only", action="store_true", help="deploy and compare; no notebooks, no report")
     parser.add_argument("--skip-sweep", action="store_true", help="only deploy, profile memory and compare")
@@ -62,6 +64,7 @@ def main() -> int:
                 agreement = compare_with_vllm_bench(
                     server, params.sweep, args.concurrency, run_dir, prompts_per_concurrency=args.prompts_per_concurrency,
                     min_prompts=args.min_prompts, python=sys.executable, rounds=args.rounds,
+                    modes=tuple(args.modes),
                 )
             except VllmBenchError as error:
                 print(f"no comparison: {error}", flush=True)

@@ -1,9 +1,14 @@
 """servelab against `vllm bench serve` and against the engine's own counters, on the same server and load.
 
 For each concurrency, servelab and `vllm bench serve` each send the same number of random-token prompts of
-the same length in the model's own tokens, greedy and with ignore_eos, taking turns on the same server. Around
-each servelab point the engine's Prometheus generation counter is read, which gives the server-side generation
-throughput that servelab's own output tok/s must reach (else the client, not the engine, is the limit).
+the same length in the model's own tokens, greedy and with ignore_eos, on the same server, in one of two modes:
+
+- `turns`: one client after the other, each holding all the streams. Around each servelab turn the engine's
+  Prometheus generation counter is read, which gives the server-side generation throughput that servelab's own
+  output tok/s must reach (else the client, not the engine, is the limit).
+- `shared`: both clients at once, each holding half the streams, so both measure the same engine at the same
+  moment. An engine whose speed drifts between windows moves both clients' figures alike, which taking turns
+  cannot promise.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ import logging
 import select
 import shlex
 import subprocess
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -32,6 +39,7 @@ log = logging.getLogger(__name__)
 AGREEMENT_FILE = "agreement.csv"
 AGREEMENT_REQUESTS_FILE = "agreement_requests.jsonl"
 AGREEMENT_TURNS_FILE = "agreement_turns.csv"
+MODES = ("turns", "shared")
 WORKER = Path(__file__).with_name("vllm_bench_worker.py")
 
 
@@ -39,7 +47,11 @@ WORKER = Path(__file__).with_name("vllm_bench_worker.py")
 class AgreementRow:
     deployment: str
     concurrency: int
+    mode: str
+    """'turns' (one client after the other, each with all the streams) or 'shared' (both at once)."""
+    streams_per_client: int
     prompts: int
+    """Per client, over all rounds."""
     rounds: int
     servelab_output_tok_s: float
     vllm_bench_output_tok_s: float | None
@@ -51,7 +63,8 @@ class AgreementRow:
     vllm_bench_mean_tpot_ms: float | None
     tpot_diff_pct: float | None
     server_output_tok_s: float | None
-    """The engine's own generation counter over the window of servelab's point."""
+    """The engine's own generation counter over the window of servelab's turns (None when shared: the engine's
+    count then holds both clients' tokens)."""
     client_received_tok_s: float | None
     """Tokens servelab received (server-counted) over the same window."""
     received_over_server: float | None
@@ -138,6 +151,11 @@ class VllmBench:
 
     def run(self, args: list[str]) -> dict:
         """One `vllm bench serve`; returns its saved result JSON."""
+        return self.finish(self.start(args))
+
+    def start(self, args: list[str]) -> Path:
+        """Hand one `vllm bench serve` to the worker and return at once, with the path its result JSON will have;
+        `finish` waits for it."""
         assert self._process is not None and self._process.stdin is not None, "use VllmBench as a context manager"
         log.info("vllm bench serve: %s", shlex.join(vllm_bench_command(args, self.python)))
         result = Path(args[args.index("--result-dir") + 1]) / args[args.index("--result-filename") + 1]
@@ -149,6 +167,16 @@ class VllmBench:
             self._process.stdin.flush()
         except BrokenPipeError as error:
             raise VllmBenchError(f"vllm bench serve: its process is gone; see {self.log_path}") from error
+        return result
+
+    def replied(self) -> bool:
+        """Whether the worker has answered the run in progress (finished or failed) and `finish` would not wait."""
+        assert self._process is not None and self._process.stdout is not None
+        readable, _, _ = select.select([self._process.stdout], [], [], 0)
+        return bool(readable)
+
+    def finish(self, result: Path) -> dict:
+        """Wait for the run `start` handed over; its saved result JSON."""
         self._reply(self.timeout_s)
         return json.loads(result.read_text())
 
@@ -194,12 +222,26 @@ class ServelabWindow:
     def measured(self) -> list[RequestRecord]:
         return [record for record in self.records if not record.warmup]
 
+    @classmethod
+    def between(
+        cls, records: list[RequestRecord], before: engine_metrics.CounterSnapshot, after: engine_metrics.CounterSnapshot,
+    ) -> ServelabWindow:
+        server_tokens = None
+        if before.generated_tokens is not None and after.generated_tokens is not None:
+            server_tokens = after.generated_tokens - before.generated_tokens
+        received = sum(record.output_tokens or 0 for record in records if record.ok)
+        return cls(records, (after.t_ns - before.t_ns) / 1e9, server_tokens, received, EngineWindow.between(before, after))
 
-def servelab_point(
+
+def _snapshot(server: RunningServer) -> engine_metrics.CounterSnapshot:
+    return engine_metrics.snapshot(server.base_url, server.metrics_path or "/metrics")
+
+
+def _servelab_load(
     server: RunningServer, sweep: Sweep, concurrency: int, prompts: int, writer: JsonlWriter, seed: int,
-    tokenizer: JsonTokenizer | ServerTokenizer | None, label: str = "",
-) -> ServelabWindow:
-    """One closed-loop point of random-token prompts in the model's own tokens, bracketed by the engine's counters.
+    tokenizer: JsonTokenizer | ServerTokenizer | None, label: str,
+) -> list[RequestRecord]:
+    """One closed-loop point of random-token prompts in the model's own tokens.
 
     No warm-up, as `vllm bench serve` has none (its ready check is off by default): each client's window then
     holds exactly its measured requests, and the engine's own means over the window are over those requests."""
@@ -221,22 +263,58 @@ def servelab_point(
             await run_point(client, target_for(server), texts, "concurrency", float(concurrency), point_sweep,
                             f"{server.name}/random/agreement-c{concurrency}{label}", keep)
 
-    before = engine_metrics.snapshot(server.base_url, server.metrics_path or "/metrics")
     run_sync(go())
-    after = engine_metrics.snapshot(server.base_url, server.metrics_path or "/metrics")
-    server_tokens = None
-    if before.generated_tokens is not None and after.generated_tokens is not None:
-        server_tokens = after.generated_tokens - before.generated_tokens
-    received = sum(record.output_tokens or 0 for record in records if record.ok)
-    return ServelabWindow(records, (after.t_ns - before.t_ns) / 1e9, server_tokens, received, EngineWindow.between(before, after))
+    return records
+
+
+def servelab_point(
+    server: RunningServer, sweep: Sweep, concurrency: int, prompts: int, writer: JsonlWriter, seed: int,
+    tokenizer: JsonTokenizer | ServerTokenizer | None, label: str = "",
+) -> ServelabWindow:
+    """servelab's turn: one point, bracketed by the engine's counters."""
+    before = _snapshot(server)
+    records = _servelab_load(server, sweep, concurrency, prompts, writer, seed, tokenizer, label)
+    return ServelabWindow.between(records, before, _snapshot(server))
 
 
 def vllm_bench_turn(bench: VllmBench, server: RunningServer, args: list[str]) -> tuple[dict, EngineWindow]:
     """One `vllm bench serve`, bracketed by the engine's counters as servelab's turns are."""
-    before = engine_metrics.snapshot(server.base_url, server.metrics_path or "/metrics")
+    before = _snapshot(server)
     result = bench.run(args)
-    after = engine_metrics.snapshot(server.base_url, server.metrics_path or "/metrics")
-    return result, EngineWindow.between(before, after)
+    return result, EngineWindow.between(before, _snapshot(server))
+
+
+def wait_for_requests(server: RunningServer, count: int, done: Callable[[], bool], timeout_s: float = 120.0) -> float:
+    """Poll the engine's own gauges until it holds at least `count` requests, or `done()` says the client that was
+    to send them has finished; the seconds waited. A `VllmBenchError` if neither comes within `timeout_s`."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout_s:
+        held = engine_metrics.requests_in_engine(engine_metrics.read_counters(server.base_url, server.metrics_path or "/metrics"))
+        if held is None:
+            raise VllmBenchError(f"{server.name}: its /metrics has no gauge of running requests to start the shared turn on")
+        if held >= count or done():
+            return time.monotonic() - start
+        time.sleep(0.01)
+    raise VllmBenchError(f"{server.name}: vllm bench serve put no {count} requests on the engine within {timeout_s:.0f} s")
+
+
+def shared_turn(
+    bench: VllmBench, server: RunningServer, sweep: Sweep, streams: int, prompts: int, writer: JsonlWriter, seed: int,
+    tokenizer: JsonTokenizer | ServerTokenizer | None, bench_args: list[str], label: str,
+) -> tuple[ServelabWindow, dict, EngineWindow]:
+    """Both clients at once, each with `streams` streams and `prompts` prompts: vllm bench first, and servelab as soon
+    as the engine holds vllm bench's streams (vllm bench spends a moment on its tokenizer and dataset before it sends).
+    Bracketed by the engine's counters, which then count both clients."""
+    before = _snapshot(server)
+    result_path = bench.start(bench_args)
+    try:
+        waited = wait_for_requests(server, streams, bench.replied)
+        log.info("shared turn: vllm bench's %d streams on the engine after %.2f s; servelab starts", streams, waited)
+        records = _servelab_load(server, sweep, streams, prompts, writer, seed, tokenizer, label)
+    finally:
+        result = bench.finish(result_path)  # whatever happened here, the worker's reply to this run is read
+    after = _snapshot(server)
+    return ServelabWindow.between(records, before, after), result, EngineWindow.between(before, after)
 
 
 def _mean(values: list[float]) -> float:
@@ -264,6 +342,8 @@ class AgreementTurn:
 
     deployment: str
     concurrency: int
+    """The load on the engine: all of one client's streams in mode 'turns', both clients' together in 'shared'."""
+    mode: str
     round: int
     turn: int
     client: str
@@ -301,10 +381,12 @@ class ServelabFigures:
         )
 
 
-def _servelab_turn(server: RunningServer, concurrency: int, round_index: int, turn: int, window: ServelabWindow) -> AgreementTurn:
+def _servelab_turn(
+    server: RunningServer, concurrency: int, mode: str, round_index: int, turn: int, window: ServelabWindow,
+) -> AgreementTurn:
     ours = ServelabFigures.of([window])
     return AgreementTurn(
-        deployment=server.name, concurrency=concurrency, round=round_index, turn=turn, client="servelab",
+        deployment=server.name, concurrency=concurrency, mode=mode, round=round_index, turn=turn, client="servelab",
         requests=ours.requests, output_tok_s=round(ours.output_tok_s, 1), mean_ttft_ms=round(ours.mean_ttft_ms, 2),
         mean_tpot_ms=round(ours.mean_tpot_ms, 3),
         engine_mean_ttft_ms=_round(window.engine.ttft_ms, 2), engine_mean_tpot_ms=_round(window.engine.tpot_ms, 3),
@@ -312,10 +394,10 @@ def _servelab_turn(server: RunningServer, concurrency: int, round_index: int, tu
 
 
 def _bench_turn(
-    server: RunningServer, concurrency: int, round_index: int, turn: int, result: dict, engine: EngineWindow,
+    server: RunningServer, concurrency: int, mode: str, round_index: int, turn: int, result: dict, engine: EngineWindow,
 ) -> AgreementTurn:
     return AgreementTurn(
-        deployment=server.name, concurrency=concurrency, round=round_index, turn=turn, client="vllm-bench",
+        deployment=server.name, concurrency=concurrency, mode=mode, round=round_index, turn=turn, client="vllm-bench",
         requests=result["completed"], output_tok_s=round(result["output_throughput"], 1),
         mean_ttft_ms=round(result["mean_ttft_ms"], 2), mean_tpot_ms=round(result["mean_tpot_ms"], 3),
         engine_mean_ttft_ms=_round(engine.ttft_ms, 2), engine_mean_tpot_ms=_round(engine.tpot_ms, 3),
@@ -338,18 +420,20 @@ def _ratio_diff_pct(ours: float | None, theirs: float | None) -> float | None:
 
 
 def _agreement_row(
-    server: RunningServer, concurrency: int, prompts: int, rounds: int, windows: list[ServelabWindow], bench_results: list[dict],
-    turns: list[AgreementTurn],
+    server: RunningServer, concurrency: int, mode: str, streams: int, prompts: int, rounds: int,
+    windows: list[ServelabWindow], bench_results: list[dict], turns: list[AgreementTurn],
 ) -> AgreementRow:
     ours = ServelabFigures.of(windows)
     window_s = sum(window.window_s for window in windows)
     server_tokens = None if any(w.server_tokens is None for w in windows) else sum(w.server_tokens or 0 for w in windows)
-    server_tok_s = None if server_tokens is None or window_s <= 0 else server_tokens / window_s
-    received_tok_s = sum(w.received_tokens for w in windows) / window_s if window_s > 0 else None
+    server_tok_s = None if server_tokens is None or window_s <= 0 or mode == "shared" else server_tokens / window_s
+    received_tok_s = sum(w.received_tokens for w in windows) / window_s if window_s > 0 and mode != "shared" else None
     bench = _pooled_bench(bench_results)
     return AgreementRow(
         deployment=server.name,
         concurrency=concurrency,
+        mode=mode,
+        streams_per_client=streams,
         prompts=prompts,
         rounds=rounds,
         servelab_output_tok_s=round(ours.output_tok_s, 1),
@@ -376,18 +460,23 @@ def _write_table(path: Path, rows: list) -> None:
 
 def compare_with_vllm_bench(
     server: RunningServer, sweep: Sweep, concurrencies: list[int], run_dir: Path, prompts_per_concurrency: int = 8,
-    min_prompts: int = 64, python: str = "python3", rounds: int = 2,
+    min_prompts: int = 64, python: str = "python3", rounds: int = 2, modes: tuple[str, ...] = ("turns",),
 ) -> pd.DataFrame:
     """The agreement table, also written to `<run>/agreement.csv`; each client's turns are in
     `<run>/agreement_turns.csv`, and vLLM's own results in `<run>/vllm-bench/`.
 
-    Each concurrency is split into `rounds` rounds, and the two clients take turns: servelab first in even
-    rounds, vllm bench first in odd ones. The engine's speed drifts between windows (on the H200 its step time
-    doubled for 10 s at a time, with the GPU's clock unchanged); taking turns over many short rounds puts both
-    clients on both sides of a drift, and each is then pooled over its rounds. Every turn is also bracketed by
-    the engine's own latency histograms, so each client's TTFT and TPOT can be set against the engine in its
-    own window (`ttft_diff_vs_engine_pct`, `tpot_diff_vs_engine_pct`), which the drift does not reach.
+    Each concurrency is split into `rounds` rounds. In mode 'turns' the two clients take turns: servelab first in
+    even rounds, vllm bench first in odd ones. The engine's speed drifts between windows (on the H200 its step time
+    doubled for 10 s at a time, with the GPU's clock unchanged); taking turns puts both clients on both sides of a
+    drift, and each is then pooled over its rounds. Every turn is also bracketed by the engine's own latency
+    histograms, so each client's TTFT and TPOT can be set against the engine in its own window
+    (`ttft_diff_vs_engine_pct`, `tpot_diff_vs_engine_pct`), which the drift does not reach. In mode 'shared' each
+    round runs both clients at once with half the streams each (concurrencies of 2 and more), so the drift reaches
+    both alike, output tok/s included.
     """
+    unknown = sorted(set(modes) - set(MODES))
+    if unknown:
+        raise ValueError(f"unknown comparison mode(s) {unknown}: choose from {list(MODES)}")
     rows: list[AgreementRow] = []
     turns: list[AgreementTurn] = []
     bench_dir = run_dir / "vllm-bench"
@@ -397,44 +486,69 @@ def compare_with_vllm_bench(
         VllmBench(python, run_dir / "logs" / "vllm-bench.log") as bench,
     ):
         for index, concurrency in enumerate(concurrencies):
-            prompts = max(min_prompts, prompts_per_concurrency * concurrency)
-            per_round = max(concurrency, -(-prompts // rounds))
-            windows: list[ServelabWindow] = []
-            bench_results: list[dict] = []
-            for round_index in range(rounds):
-                seed = sweep.seed + 100 * index + round_index
-                label = f"-r{round_index}" if rounds > 1 else ""
-                order = ("servelab", "vllm-bench") if round_index % 2 == 0 else ("vllm-bench", "servelab")
-                for client in order:
-                    if client == "servelab":
-                        window = servelab_point(server, sweep, concurrency, per_round, writer, seed, tokenizers[server.name], label)
-                        windows.append(window)
-                        turns.append(_servelab_turn(server, concurrency, round_index, len(turns), window))
-                    else:
-                        args = vllm_bench_args(server, concurrency, per_round, sweep.input_tokens, sweep.output_tokens,
-                                               bench_dir, seed, label)
-                        try:
-                            result, engine = vllm_bench_turn(bench, server, args)
-                        except VllmBenchError as error:
-                            log.error("vllm bench serve failed at concurrency %d: %s", concurrency, error)
+            for mode in modes:
+                if mode == "shared" and concurrency < 2:
+                    log.info("no shared turns at concurrency %d: two clients need a stream each", concurrency)
+                    continue
+                streams = concurrency if mode == "turns" else concurrency // 2
+                prompts = max(min_prompts, prompts_per_concurrency * concurrency)
+                per_round = max(streams, -(-prompts // rounds))
+                windows: list[ServelabWindow] = []
+                bench_results: list[dict] = []
+                mode_turns: list[AgreementTurn] = []
+                for round_index in range(rounds):
+                    seed = sweep.seed + 100 * index + round_index
+                    label = ("" if mode == "turns" else "-shared") + (f"-r{round_index}" if rounds > 1 else "")
+                    args = vllm_bench_args(server, streams, per_round, sweep.input_tokens, sweep.output_tokens,
+                                           bench_dir, seed, label)
+                    try:
+                        if mode == "shared":
+                            window, result, engine = shared_turn(bench, server, sweep, streams, per_round, writer, seed,
+                                                                 tokenizers[server.name], args, label)
+                            windows.append(window)
+                            bench_results.append(result)
+                            mode_turns += [
+                                _servelab_turn(server, concurrency, mode, round_index, len(turns) + len(mode_turns), window),
+                                _bench_turn(server, concurrency, mode, round_index, len(turns) + len(mode_turns) + 1, result, engine),
+                            ]
                             continue
-                        bench_results.append(result)
-                        turns.append(_bench_turn(server, concurrency, round_index, len(turns), result, engine))
-                    _write_table(run_dir / AGREEMENT_TURNS_FILE, turns)
-            row = _agreement_row(server, concurrency, per_round * rounds, rounds, windows, bench_results,
-                                 [turn for turn in turns if turn.concurrency == concurrency])
-            log.info("agreement at c=%d: %s", concurrency, row)
-            rows.append(row)
-            _write_table(run_dir / AGREEMENT_FILE, rows)
+                        order = ("servelab", "vllm-bench") if round_index % 2 == 0 else ("vllm-bench", "servelab")
+                        for client in order:
+                            turn = len(turns) + len(mode_turns)
+                            if client == "servelab":
+                                window = servelab_point(server, sweep, streams, per_round, writer, seed, tokenizers[server.name], label)
+                                windows.append(window)
+                                mode_turns.append(_servelab_turn(server, concurrency, mode, round_index, turn, window))
+                            else:
+                                result, engine = vllm_bench_turn(bench, server, args)
+                                bench_results.append(result)
+                                mode_turns.append(_bench_turn(server, concurrency, mode, round_index, turn, result, engine))
+                    except VllmBenchError as error:
+                        log.error("vllm bench serve failed at concurrency %d (%s): %s", concurrency, mode, error)
+                    finally:
+                        _write_table(run_dir / AGREEMENT_TURNS_FILE, turns + mode_turns)
+                turns += mode_turns
+                row = _agreement_row(server, concurrency, mode, streams, per_round * rounds, rounds, windows, bench_results, mode_turns)
+                log.info("agreement at c=%d (%s): %s", concurrency, mode, row)
+                rows.append(row)
+                _write_table(run_dir / AGREEMENT_FILE, rows)
     return pd.DataFrame([asdict(row) for row in rows])
 
 
+def _read_table(path: Path) -> pd.DataFrame:
+    """A comparison table; those written before the shared mode existed took turns only."""
+    if not path.exists():
+        return pd.DataFrame()
+    table = pd.read_csv(path)
+    if "mode" not in table.columns:
+        table.insert(table.columns.get_loc("concurrency") + 1, "mode", "turns")
+    return table
+
+
 def read_agreement(run_dir: Path) -> pd.DataFrame:
-    path = run_dir / AGREEMENT_FILE
-    return pd.read_csv(path) if path.exists() else pd.DataFrame()
+    return _read_table(run_dir / AGREEMENT_FILE)
 
 
 def read_agreement_turns(run_dir: Path) -> pd.DataFrame:
-    path = run_dir / AGREEMENT_TURNS_FILE
-    return pd.read_csv(path) if path.exists() else pd.DataFrame()
+    return _read_table(run_dir / AGREEMENT_TURNS_FILE)
 

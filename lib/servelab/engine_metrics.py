@@ -16,6 +16,13 @@ GENERATED_TOKEN_COUNTERS = (
     "llamacpp:tokens_predicted",
 )
 
+REQUESTS_IN_ENGINE = (
+    ("vllm:num_requests_running", "vllm:num_requests_waiting"),
+    ("sglang:num_running_reqs", "sglang:num_queue_reqs"),
+    ("llamacpp:requests_processing", "llamacpp:requests_deferred"),
+)
+"""(running, waiting) gauges: the requests an engine holds at this moment."""
+
 ENGINE_TTFT = (
     ("vllm:time_to_first_token_seconds_sum", "vllm:time_to_first_token_seconds_count"),
     ("sglang:time_to_first_token_seconds_sum", "sglang:time_to_first_token_seconds_count"),
@@ -59,6 +66,15 @@ def generated_tokens(counters: Mapping[str, float]) -> float | None:
         found = _sample(counters, name)
         if found is not None:
             return found
+    return None
+
+
+def requests_in_engine(counters: Mapping[str, float]) -> float | None:
+    """Requests the engine holds now, running or waiting, whichever engine it is."""
+    for running, waiting in REQUESTS_IN_ENGINE:
+        found = _sample(counters, running)
+        if found is not None:
+            return found + (_sample(counters, waiting) or 0.0)
     return None
 
 

@@ -142,13 +142,14 @@ def planner_vs_measured(comparison: pd.DataFrame) -> Figure:
 
 def agreement_turns(turns: pd.DataFrame) -> Figure:
     """Each client's output tok/s at each of its turns against `vllm bench serve`, in the order the turns ran, one
-    panel per concurrency: how far the engine's own speed moved between windows, next to how far the clients
-    differ."""
+    panel per concurrency (and a row per mode where both ran): how far the engine's own speed moved between
+    windows, next to how far the clients differ."""
     if turns.empty:
         return _empty("no comparison with vllm bench serve in this run")
+    rows = "mode" if "mode" in turns.columns and turns["mode"].nunique() > 1 else None
     grid = sns.relplot(
-        data=turns, x="turn", y="output_tok_s", hue="client", style="client", col="concurrency", kind="scatter",
-        s=60, height=3.0, aspect=1.1, facet_kws={"sharey": False, "sharex": False},
+        data=turns, x="turn", y="output_tok_s", hue="client", style="client", col="concurrency", row=rows,
+        kind="scatter", s=60, height=3.0, aspect=1.1, facet_kws={"sharey": False, "sharex": False},
     )
     grid.set_axis_labels("turn (in the order run)", "output tokens/s")
     grid.figure.suptitle("Each turn of the comparison: servelab and vllm bench serve on the same server", y=1.04)

@@ -171,7 +171,7 @@ def agreement(run_dir: Path) -> pd.DataFrame:
     table = read_agreement(run_dir)
     if table.empty:
         return pd.DataFrame({"note": ["not measured in this run (benchmarks/gpu_truth.py measures it on a GPU)"]})
-    return table.set_index(["deployment", "concurrency"])
+    return table.set_index(["deployment", "mode", "concurrency"])
 
 
 def memory(run_dir: Path, samples: pd.DataFrame, points: pd.DataFrame) -> pd.DataFrame:

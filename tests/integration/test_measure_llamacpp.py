@@ -7,11 +7,14 @@ Kept small (tens of short requests): the machine has two cores and other tests s
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from servelab import engine_metrics
+from servelab.agreement import wait_for_requests
 from servelab.clients import Target, make_client, send
 from servelab.clock import now_ns
+from servelab.errors import VllmBenchError
 from servelab.load import run_point
 from servelab.metrics import duration_s, output_tokens_per_s, summarize
 from servelab.params import ConcurrencyLoad, RateLoad, Sweep
@@ -195,3 +198,20 @@ def test_the_sweep_cuts_prompts_with_the_servers_tokenizer_when_the_model_has_no
             assert [tokenizer.count(p.text) for p in prompts] == [p.token_count for p in prompts]
     finally:
         tokenizer.close()
+
+
+def test_a_shared_turn_starts_once_the_engine_holds_the_other_clients_requests(target, embedded_server):
+    # The comparison's shared mode starts servelab when the engine's own gauges show vllm bench's streams: here the
+    # other client is a thread sending one long request, and the engine is the real llama-server.
+    with ThreadPoolExecutor(1) as other:
+        sending = other.submit(_send_one, target, Prompt("Count to one hundred.", "en", 6), "completions", 96)
+        waited = wait_for_requests(embedded_server, 1, sending.done, timeout_s=60)
+        still_running = not sending.done()
+        assert sending.result().ok
+    assert still_running, "the wait ended on the engine's gauge, not on the other client finishing"
+    print(f"the request was on the engine after {waited:.3f} s")
+    assert engine_metrics.requests_in_engine(engine_metrics.read_counters(embedded_server.base_url)) == 0
+    # Nothing sent and nothing finished: it gives up after its timeout, naming what it waited for.
+    with pytest.raises(VllmBenchError, match="no 1 requests on the engine within"):
+        wait_for_requests(embedded_server, 1, lambda: False, timeout_s=0.3)
+    assert wait_for_requests(embedded_server, 1, lambda: True) < 1.0, "a client that has finished is not waited for"

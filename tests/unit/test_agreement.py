@@ -9,11 +9,20 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from servelab import plots, report_tables
-from servelab.agreement import AGREEMENT_TURNS_FILE, AgreementTurn, VllmBench, over_engine
+from servelab.agreement import (
+    AGREEMENT_TURNS_FILE,
+    AgreementTurn,
+    VllmBench,
+    compare_with_vllm_bench,
+    over_engine,
+    read_agreement_turns,
+)
 from servelab.engine_metrics import CounterSnapshot, engine_tpot_ms, engine_ttft_ms
 from servelab.errors import VllmBenchError
+from servelab.params import ConcurrencyLoad, Sweep
 
 TURNS = Path(__file__).parents[1] / "data" / "recorded" / "h200-agreement-turns.csv"
 
@@ -37,13 +46,29 @@ def test_the_report_plots_each_turn_of_each_client_one_panel_per_concurrency(tmp
     assert sum(len(collection.get_offsets()) for axis in panels for collection in axis.collections) == 24
 
 
+def test_tables_from_before_the_shared_mode_read_as_turns_and_both_modes_get_a_row_of_panels(tmp_path: Path) -> None:
+    (tmp_path / AGREEMENT_TURNS_FILE).write_bytes(TURNS.read_bytes())
+    recorded = read_agreement_turns(tmp_path)
+    assert list(recorded.columns[:3]) == ["deployment", "concurrency", "mode"] and set(recorded["mode"]) == {"turns"}
+    both = pd.concat([recorded, recorded.assign(mode="shared")])
+    titles = sorted(axis.get_title() for axis in plots.agreement_turns(both).axes if axis.collections)
+    assert titles[:3] == ["mode = shared | concurrency = 1", "mode = shared | concurrency = 16", "mode = shared | concurrency = 64"]
+    assert len(titles) == 6
+
+
+def test_an_unknown_comparison_mode_is_refused_before_anything_runs(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"unknown comparison mode\(s\) \['together'\]: choose from \['turns', 'shared'\]"):
+        compare_with_vllm_bench(None, Sweep(load=(ConcurrencyLoad(values=(16,)),)), [16], tmp_path, modes=("turns", "together"))  # type: ignore[arg-type]
+    assert not list(tmp_path.iterdir()), "nothing was started or written"
+
+
 def test_a_run_without_a_comparison_shows_that_instead_of_an_empty_plot(tmp_path: Path) -> None:
     figure = plots.agreement_turns(report_tables.agreement_turns(tmp_path))
     assert "no comparison" in " ".join(text.get_text() for axis in figure.axes for text in axis.texts)
 
 
 def _turn(client: str, requests: int, ttft: float, engine_ttft: float | None, tpot: float, engine_tpot: float) -> AgreementTurn:
-    return AgreementTurn("tiny", 16, 0, 0, client, requests, 1000.0, ttft, tpot, engine_ttft, engine_tpot)
+    return AgreementTurn("tiny", 16, "turns", 0, 0, client, requests, 1000.0, ttft, tpot, engine_ttft, engine_tpot)
 
 
 def test_set_against_the_engine_in_each_turn_a_drift_between_turns_cancels() -> None:
