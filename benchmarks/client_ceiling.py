@@ -1,12 +1,12 @@
 """servelab's client against GuideLLM and AIPerf, on one core each, against the same reference emitter in one run.
 
     .venv/bin/python benchmarks/client_ceiling.py [--levels 1 4 16 64 128 256 512 768] [--rounds 8]
-        [--tools servelab servelab-httpx guidellm aiperf] [--venvs ~/.cache/servelab/bench-venvs] [--json out.json]
+        [--tools servelab servelab-httpx guidellm aiperf vllm-bench] [--venvs ~/.cache/servelab/bench-venvs] [--json out.json]
 
 One emitter (tools/emitter, `--record`) runs on the other CPUs with a fixed TTFT (20 ms) and ITL (5 ms). Each
-client in turn is pinned to CPU 0 (servelab with sched_setaffinity, the others with `taskset`, which their
-worker processes inherit) and drives it closed loop at each concurrency in `--levels`, `rounds` requests per
-stream. For every (client, level) the script prints:
+client in turn is pinned to CPU 0 (servelab with sched_setaffinity, the others with the same call made before they
+start, which their worker processes inherit) and drives it closed loop at each concurrency in `--levels`,
+`rounds` requests per stream. For every (client, level) the script prints:
 
 - throughput counted by the emitter (the same yardstick for every client): req/s and chunks/s written in the
   steady part of the run, and each client's own req/s and tok/s;
@@ -21,8 +21,9 @@ keeps only the first and last token of a request, so its ITL is the per-request 
 and its truth here is computed the same way.
 
 The other clients live in their own venvs (never the project's): `python3.12 -m venv <venvs>/guidellm &&
-<venvs>/guidellm/bin/pip install guidellm`, the same for aiperf. `vllm bench serve` is not included: vllm
-on PyPI pins a CUDA build of torch (and flashinfer, nvidia-cutlass-dsl), so it does not install CPU-only.
+<venvs>/guidellm/bin/pip install guidellm`, the same for aiperf. `vllm-bench` (`vllm bench serve`) runs only where
+this interpreter imports vLLM: vllm on PyPI pins a CUDA build of torch (and flashinfer, nvidia-cutlass-dsl), so it
+does not install CPU-only; on the GPU machine it comes from the offline bundle.
 """
 
 from __future__ import annotations
@@ -166,7 +167,7 @@ def run_guidellm(
         prompts.write_text("".join(f"calibrate the client, request {i}\n" for i in range(100_000)))
     out = work / f"guidellm-{streams}.json"
     command = [
-        "taskset", "-c", str(cpu), str(venvs / "guidellm" / "bin" / "guidellm"), "run",
+        str(venvs / "guidellm" / "bin" / "guidellm"), "run",
         "--backend", f"kind=openai_http,target={url},model={MODEL},request_format=/v1/completions,max_tokens={tokens}",
         "--profile", f"kind=concurrent,streams={streams},rampup_duration={RAMP_UP_S}",
         "--constraint", f"kind=max_requests,count={requests}",
@@ -174,7 +175,7 @@ def run_guidellm(
         "--output", f"kind=json,path={out}",
         "--disable-console",
     ]  # fmt: skip
-    run = _external(command, work / f"guidellm-{streams}.log")
+    run = _external(command, work / f"guidellm-{streams}.log", "guidellm", cpu)
     benchmark = json.loads(out.read_text())["benchmarks"][0]
     m = benchmark["metrics"]
 
@@ -199,7 +200,7 @@ def run_aiperf(
 ) -> dict[str, Any]:
     out = work / f"aiperf-{streams}"
     command = [
-        "taskset", "-c", str(cpu), str(venvs / "aiperf" / "bin" / "aiperf"), "profile",
+        str(venvs / "aiperf" / "bin" / "aiperf"), "profile",
         "--url", url, "--model", MODEL, "--endpoint-type", "completions", "--streaming",
         "--concurrency", str(streams), "--request-count", str(requests),
         "--concurrency-ramp-duration", str(RAMP_UP_S),
@@ -209,7 +210,7 @@ def run_aiperf(
         "--extra-inputs", "ignore_eos:true", "--use-server-token-count", "--use-legacy-max-tokens",
         "--output-artifact-dir", str(out), "--ui-type", "none",
     ]  # fmt: skip
-    run = _external(command, work / f"aiperf-{streams}.log")
+    run = _external(command, work / f"aiperf-{streams}.log", "aiperf", cpu)
     report = json.loads((out / "profile_export_aiperf.json").read_text())
 
     def distribution(name: str) -> dict[str, float | None]:
@@ -228,13 +229,50 @@ def run_aiperf(
     }
 
 
-def _external(command: list[str], log: Path) -> dict[str, Any]:
-    cpu, wall = children_cpu_s(), time.perf_counter()
+def run_vllm_bench(
+    url: str, streams: int, requests: int, tokens: int, cpu: int, work: Path, tokenizer: Path
+) -> dict[str, Any]:
+    """`vllm bench serve` as the GPU comparison runs it (random dataset, greedy, ignore_eos, all streams at once),
+    pinned to the client's core; each level is a fresh process, so vLLM's import is in its wall time."""
+    out = work / f"vllm-bench-{streams}.json"
+    command = [
+        sys.executable, "-m", "vllm.entrypoints.cli.main", "bench", "serve",
+        "--backend", "vllm", "--base-url", url, "--endpoint", "/v1/completions",
+        "--model", MODEL, "--tokenizer", str(tokenizer),
+        "--dataset-name", "random", "--random-input-len", "8", "--random-output-len", str(tokens),
+        "--num-prompts", str(requests), "--max-concurrency", str(streams), "--request-rate", "inf",
+        "--ignore-eos", "--temperature", "0",
+        "--percentile-metrics", "ttft,itl", "--metric-percentiles", "50,99",
+        "--save-result", "--result-dir", str(work), "--result-filename", out.name,
+    ]  # fmt: skip
+    run = _external(command, work / f"vllm-bench-{streams}.log", "vllm bench serve", cpu)
+    result = json.loads(out.read_text())
+
+    def distribution(name: str) -> dict[str, float | None]:
+        return stats(result[f"mean_{name}_ms"], result[f"median_{name}_ms"], result[f"p99_{name}_ms"], int(result["completed"]))
+
+    return run | {
+        "requests": requests,
+        "errors": requests - int(result["completed"]),
+        "req_s": result["request_throughput"],
+        "tok_s": result["output_throughput"],
+        "ttft_ms": distribution("ttft"),
+        "itl_ms": distribution("itl"),
+        "itl_kind": "pooled",
+    }
+
+
+def _external(command: list[str], log: Path, name: str, cpu: int) -> dict[str, Any]:
+    """Run another client pinned to `cpu` (set before it starts, so its worker processes inherit it)."""
+    cpu_before, wall = children_cpu_s(), time.perf_counter()
     with open(log, "w") as handle:
-        completed = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, check=False)
+        completed = subprocess.run(
+            command, stdout=handle, stderr=subprocess.STDOUT, check=False,
+            preexec_fn=lambda: os.sched_setaffinity(0, {cpu}),  # noqa: PLW1509 - no threads are started before it
+        )
     if completed.returncode != 0:
-        raise RuntimeError(f"{command[3]} exited with {completed.returncode}; see {log}")
-    return {"client_cpu_s": children_cpu_s() - cpu, "wall_s": time.perf_counter() - wall}
+        raise RuntimeError(f"{name} exited with {completed.returncode}; see {log}")
+    return {"client_cpu_s": children_cpu_s() - cpu_before, "wall_s": time.perf_counter() - wall}
 
 
 def version_of(venvs: Path, tool: str) -> str:
@@ -271,9 +309,12 @@ def main() -> int:
     }
     print(f"client CPU {client_cpu}; emitter CPU {','.join(map(str, emitter_cpus))}; work folder {work}")
     print("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
-    print(VLLM_NOTE)
+    if "vllm-bench" in args.tools:
+        versions["vllm"] = _vllm_version()
+    else:
+        print(VLLM_NOTE)
     tokenizer = None
-    if "aiperf" in args.tools:
+    if {"aiperf", "vllm-bench"} & set(args.tools):
         from servelab.models import resolve_shape, write_shape
 
         tokenizer = write_shape(resolve_shape("tinyllama-1.1b"), work / "tokenizer")
@@ -291,6 +332,10 @@ def main() -> int:
                         got = run_servelab(
                             emitter.base_url, streams, requests, args.output_tokens, client_cpu, work,
                             transport="httpx" if tool == "servelab-httpx" else "http11",
+                        )
+                    elif tool == "vllm-bench":
+                        got = run_vllm_bench(
+                            emitter.base_url, streams, requests, args.output_tokens, client_cpu, work, tokenizer
                         )
                     elif tool == "guidellm":
                         got = run_guidellm(
@@ -329,8 +374,17 @@ def main() -> int:
     print()
     print(_ceilings(rows))
     if args.json:
-        args.json.write_text(json.dumps({"versions": versions, "rows": rows, "vllm": VLLM_NOTE}, indent=2))
+        args.json.write_text(json.dumps({"versions": versions, "rows": rows, "vllm": None if "vllm-bench" in args.tools else VLLM_NOTE}, indent=2))
     return 0
+
+
+def _vllm_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("vllm")
+    except PackageNotFoundError:
+        return "not importable here"
 
 
 def _servelab_version() -> str:
