@@ -152,5 +152,7 @@ def agreement_turns(turns: pd.DataFrame) -> Figure:
         kind="scatter", s=60, height=3.0, aspect=1.1, facet_kws={"sharey": False, "sharex": False},
     )
     grid.set_axis_labels("turn (in the order run)", "output tokens/s")
+    for axis in grid.axes.flat:
+        axis.set_visible(bool(axis.collections))  # a mode without that concurrency (no shared turns at c=1)
     grid.figure.suptitle("Each turn of the comparison: servelab and vllm bench serve on the same server", y=1.04)
     return grid.figure
