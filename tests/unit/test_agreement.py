@@ -15,14 +15,19 @@ from servelab import plots, report_tables
 from servelab.agreement import (
     AGREEMENT_TURNS_FILE,
     AgreementTurn,
+    EngineWindow,
+    ServelabWindow,
     VllmBench,
+    _agreement_row,
     compare_with_vllm_bench,
     over_engine,
     read_agreement_turns,
 )
+from servelab.deploy import RunningServer
 from servelab.engine_metrics import CounterSnapshot, engine_tpot_ms, engine_ttft_ms
 from servelab.errors import VllmBenchError
 from servelab.params import ConcurrencyLoad, Sweep
+from servelab.records import RequestRecord
 
 TURNS = Path(__file__).parents[1] / "data" / "recorded" / "h200-agreement-turns.csv"
 
@@ -98,3 +103,29 @@ def test_the_engines_own_means_come_from_its_histograms_between_two_readings() -
     later = CounterSnapshot(1, 8.0, {"llamacpp:tokens_predicted_seconds_total": 0.169062, "llamacpp:tokens_predicted_total": 8.0})
     assert engine_tpot_ms(llama, later) == pytest.approx(21.13, abs=0.01)
 
+
+
+def _record(index: int, sent_ms: float, end_ms: float) -> RequestRecord:
+    ms = 1_000_000
+    chunks = [round((sent_ms + 10 + 2 * k) * ms) for k in range(4)]
+    return RequestRecord(
+        point_id="p", request_index=index, deployment="tiny", framework="vllm", model="m", language="random",
+        warmup=False, intended_send_ns=round(sent_ms * ms), actual_send_ns=round(sent_ms * ms), first_token_ns=chunks[0],
+        end_ns=round(end_ms * ms), chunk_ns=chunks, chunk_count=4, prompt_tokens=8, output_tokens=4, token_source="server",
+    )
+
+
+def test_a_shared_row_leaves_the_engines_token_count_out_since_it_holds_both_clients_tokens() -> None:
+    server = RunningServer("tiny", "vllm", "m", "m", "openai", "http://127.0.0.1:1", 1, 1, "", [], 0, 0)
+    records = [_record(0, 0.0, 16.0), _record(1, 20.0, 36.0)]  # TPOT 2 ms; 8 tokens in 36 ms
+    # The engine generated 16 tokens over the window: servelab's 8 and vllm bench's 8.
+    window = ServelabWindow(records, 0.04, 16.0, 8, EngineWindow(10.0, 2.0))
+    bench = {"completed": 2, "total_output_tokens": 8, "duration": 0.036, "mean_ttft_ms": 10.0, "mean_tpot_ms": 2.0}
+    turns = [_turn("servelab", 2, 10.0, 10.0, 2.0, 2.0), _turn("vllm-bench", 2, 10.0, 10.0, 2.0, 2.0)]
+    shared = _agreement_row(server, 2, "shared", 1, 2, 1, [window], [bench], turns)
+    assert (shared.mode, shared.streams_per_client, shared.servelab_output_tok_s) == ("shared", 1, 222.2)
+    assert shared.output_tok_s_diff_pct == 0.0 and shared.ttft_diff_pct == 0.0 and shared.tpot_diff_pct == 0.0
+    assert shared.server_output_tok_s is None and shared.received_over_server is None
+    # Taking turns, the same window holds servelab's tokens only, and the check applies.
+    alone = _agreement_row(server, 2, "turns", 2, 2, 1, [ServelabWindow(records, 0.04, 8.0, 8, EngineWindow(10.0, 2.0))], [bench], turns)
+    assert (alone.server_output_tok_s, alone.received_over_server) == (200.0, 1.0)
