@@ -263,13 +263,16 @@ def run_vllm_bench(
 
 
 def _external(command: list[str], log: Path, name: str, cpu: int) -> dict[str, Any]:
-    """Run another client pinned to `cpu` (set before it starts, so its worker processes inherit it)."""
+    """Run another client pinned to `cpu`: it inherits the affinity of the thread that starts it, and its worker
+    processes inherit it in turn."""
     cpu_before, wall = children_cpu_s(), time.perf_counter()
-    with open(log, "w") as handle:
-        completed = subprocess.run(
-            command, stdout=handle, stderr=subprocess.STDOUT, check=False,
-            preexec_fn=lambda: os.sched_setaffinity(0, {cpu}),  # noqa: PLW1509 - no threads are started before it
-        )
+    previous = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {cpu})
+    try:
+        with open(log, "w") as handle:
+            completed = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, check=False)
+    finally:
+        os.sched_setaffinity(0, previous)
     if completed.returncode != 0:
         raise RuntimeError(f"{name} exited with {completed.returncode}; see {log}")
     return {"client_cpu_s": children_cpu_s() - cpu_before, "wall_s": time.perf_counter() - wall}

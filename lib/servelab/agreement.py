@@ -295,7 +295,7 @@ def wait_for_requests(server: RunningServer, count: int, done: Callable[[], bool
         if held >= count or done():
             return time.monotonic() - start
         time.sleep(0.01)
-    raise VllmBenchError(f"{server.name}: vllm bench serve put no {count} requests on the engine within {timeout_s:.0f} s")
+    raise VllmBenchError(f"{server.name}: the other client's {count} requests did not reach the engine within {timeout_s:.0f} s")
 
 
 def shared_turn(

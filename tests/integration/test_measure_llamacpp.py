@@ -212,6 +212,6 @@ def test_a_shared_turn_starts_once_the_engine_holds_the_other_clients_requests(t
     print(f"the request was on the engine after {waited:.3f} s")
     assert engine_metrics.requests_in_engine(engine_metrics.read_counters(embedded_server.base_url)) == 0
     # Nothing sent and nothing finished: it gives up after its timeout, naming what it waited for.
-    with pytest.raises(VllmBenchError, match="no 1 requests on the engine within"):
+    with pytest.raises(VllmBenchError, match="the other client's 1 requests did not reach the engine within 0 s"):
         wait_for_requests(embedded_server, 1, lambda: False, timeout_s=0.3)
     assert wait_for_requests(embedded_server, 1, lambda: True) < 1.0, "a client that has finished is not waited for"
