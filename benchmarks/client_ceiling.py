@@ -4,9 +4,9 @@
         [--tools servelab servelab-httpx guidellm aiperf vllm-bench] [--venvs ~/.cache/servelab/bench-venvs] [--json out.json]
 
 One emitter (tools/emitter, `--record`) runs on the other CPUs with a fixed TTFT (20 ms) and ITL (5 ms). Each
-client in turn is pinned to CPU 0 (servelab with sched_setaffinity, the others with the same call made before they
-start, which their worker processes inherit) and drives it closed loop at each concurrency in `--levels`,
-`rounds` requests per stream. For every (client, level) the script prints:
+client in turn is pinned to CPU 0 (servelab with sched_setaffinity, the others started from a thread pinned to
+CPU 0, whose affinity they and their worker processes inherit) and drives it closed loop at each concurrency in
+`--levels`, `rounds` requests per stream. For every (client, level) the script prints:
 
 - throughput counted by the emitter (the same yardstick for every client): req/s and chunks/s written in the
   steady part of the run, and each client's own req/s and tok/s;
