@@ -75,10 +75,6 @@ class AgreementRow:
     """The same for TPOT."""
 
 
-def _diff_pct(ours: float, theirs: float | None) -> float | None:
-    return None if theirs in (None, 0) else round(100.0 * (ours - theirs) / theirs, 2)
-
-
 def vllm_bench_args(
     server: RunningServer, concurrency: int, prompts: int, input_len: int, output_len: int, result_dir: Path,
     seed: int = 0, label: str = "",
@@ -415,10 +411,6 @@ def over_engine(turns: list[AgreementTurn], client: str, metric: str) -> float |
     return sum(ours * n for ours, _, n in pairs) / sum(engine * n for _, engine, n in pairs)
 
 
-def _ratio_diff_pct(ours: float | None, theirs: float | None) -> float | None:
-    return None if ours is None or not theirs else round(100.0 * (ours / theirs - 1.0), 2)
-
-
 def _agreement_row(
     server: RunningServer, concurrency: int, mode: str, streams: int, prompts: int, rounds: int,
     windows: list[ServelabWindow], bench_results: list[dict], turns: list[AgreementTurn],
@@ -438,18 +430,18 @@ def _agreement_row(
         rounds=rounds,
         servelab_output_tok_s=round(ours.output_tok_s, 1),
         vllm_bench_output_tok_s=bench["output_throughput"],
-        output_tok_s_diff_pct=_diff_pct(ours.output_tok_s, bench["output_throughput"]),
+        output_tok_s_diff_pct=metrics.percent_off(ours.output_tok_s, bench["output_throughput"]),
         servelab_mean_ttft_ms=round(ours.mean_ttft_ms, 2),
         vllm_bench_mean_ttft_ms=bench["mean_ttft_ms"],
-        ttft_diff_pct=_diff_pct(ours.mean_ttft_ms, bench["mean_ttft_ms"]),
+        ttft_diff_pct=metrics.percent_off(ours.mean_ttft_ms, bench["mean_ttft_ms"]),
         servelab_mean_tpot_ms=round(ours.mean_tpot_ms, 3),
         vllm_bench_mean_tpot_ms=bench["mean_tpot_ms"],
-        tpot_diff_pct=_diff_pct(ours.mean_tpot_ms, bench["mean_tpot_ms"]),
+        tpot_diff_pct=metrics.percent_off(ours.mean_tpot_ms, bench["mean_tpot_ms"]),
         server_output_tok_s=None if server_tok_s is None else round(server_tok_s, 1),
         client_received_tok_s=None if received_tok_s is None else round(received_tok_s, 1),
         received_over_server=None if not server_tok_s or received_tok_s is None else round(received_tok_s / server_tok_s, 4),
-        ttft_diff_vs_engine_pct=_ratio_diff_pct(over_engine(turns, "servelab", "ttft"), over_engine(turns, "vllm-bench", "ttft")),
-        tpot_diff_vs_engine_pct=_ratio_diff_pct(over_engine(turns, "servelab", "tpot"), over_engine(turns, "vllm-bench", "tpot")),
+        ttft_diff_vs_engine_pct=metrics.percent_off(over_engine(turns, "servelab", "ttft"), over_engine(turns, "vllm-bench", "ttft")),
+        tpot_diff_vs_engine_pct=metrics.percent_off(over_engine(turns, "servelab", "tpot"), over_engine(turns, "vllm-bench", "tpot")),
     )
 
 

@@ -13,6 +13,7 @@ from servelab.gpu import (
     memory_under_load,
     peaks,
 )
+from servelab.metrics import percent_off
 from servelab.params import Params, VllmEngine
 from servelab.planner import plan, seed_formula_mib
 
@@ -84,22 +85,21 @@ def planner_comparison(params: Params, samples: pd.DataFrame, points: pd.DataFra
         if (footprint.memory == "gpu") != on_gpu:
             continue
         got = measured.get(deployment.name)
+        peak = top.get(deployment.name)
         row = {
             "deployment": deployment.name,
             "memory": footprint.memory,
             "formula": footprint.formula,
             "predicted_mib": round(footprint.predicted_mib, 1),
             "measured_mib": None if got is None else round(float(got), 1),
-            "error_pct": None if not got else round(100 * (footprint.predicted_mib - got) / got, 2),
-            "peak_mib": None if deployment.name not in top else round(float(top[deployment.name]), 1),
-            "peak_error_pct": None if not top.get(deployment.name) else round(
-                100 * (footprint.predicted_mib - top[deployment.name]) / top[deployment.name], 2
-            ),
+            "error_pct": percent_off(footprint.predicted_mib, got),
+            "peak_mib": None if peak is None else round(float(peak), 1),
+            "peak_error_pct": percent_off(footprint.predicted_mib, peak),
         }
         if isinstance(deployment.engine, VllmEngine) and available is not None and footprint.weights_mib is not None:
             seed = seed_formula_mib(footprint.weights_mib, available, deployment.engine.gpu_memory_utilization, footprint.overhead_mib)
             row["seed_formula_mib"] = round(seed, 1)
-            row["seed_error_pct"] = None if not got else round(100 * (seed - got) / got, 2)
+            row["seed_error_pct"] = percent_off(seed, got)
             available -= got or footprint.predicted_mib
         rows.append(row)
     return pd.DataFrame(rows)

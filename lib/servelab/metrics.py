@@ -156,6 +156,12 @@ def success_fraction(records: Sequence[RequestRecord]) -> float:
     return sum(1 for r in records if r.ok) / len(records) if records else math.nan
 
 
+def percent_off(value: float | None, reference: float | None) -> float | None:
+    """How far `value` is from `reference`, in % of `reference`, to two decimals; None where either is missing or
+    the reference is 0. Every comparison of servelab's figures (against another client, a planner) uses it."""
+    return None if value is None or not reference else round(100.0 * (value - reference) / reference, 2)
+
+
 def distribution(values: Sequence[float] | np.ndarray) -> dict[str, float]:
     """count, mean, std (population, as numpy and vLLM), min, p50, p90, p95, p99, p99.9 (linear interpolation), max."""
     if len(values) == 0:
