@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 from servelab import aio, metrics
+from servelab.agreement import vllm_bench_args, vllm_bench_command
 from servelab.calibrate import Deviation, is_sustained, request_lifetime_s, running_emitter, true_latencies
 from servelab.clients import Target
 from servelab.clock import now_ns
@@ -232,21 +233,12 @@ def run_aiperf(
 def run_vllm_bench(
     url: str, streams: int, requests: int, tokens: int, cpu: int, work: Path, tokenizer: Path
 ) -> dict[str, Any]:
-    """`vllm bench serve` as the GPU comparison runs it (random dataset, greedy, ignore_eos, all streams at once),
-    pinned to the client's core; each level is a fresh process, so vLLM's import is in its wall time."""
-    out = work / f"vllm-bench-{streams}.json"
-    command = [
-        sys.executable, "-m", "vllm.entrypoints.cli.main", "bench", "serve",
-        "--backend", "vllm", "--base-url", url, "--endpoint", "/v1/completions",
-        "--model", MODEL, "--tokenizer", str(tokenizer),
-        "--dataset-name", "random", "--random-input-len", "8", "--random-output-len", str(tokens),
-        "--num-prompts", str(requests), "--max-concurrency", str(streams), "--request-rate", "inf",
-        "--ignore-eos", "--temperature", "0",
-        "--percentile-metrics", "ttft,itl", "--metric-percentiles", "50,99",
-        "--save-result", "--result-dir", str(work), "--result-filename", out.name,
-    ]  # fmt: skip
+    """`vllm bench serve` with the GPU comparison's arguments (random dataset, greedy, ignore_eos, all streams at
+    once), pinned to the client's core; each level is a fresh process, so vLLM's import is in its wall time."""
+    args = vllm_bench_args(url, MODEL, str(tokenizer), streams, requests, 8, tokens, work)
+    command = vllm_bench_command(args, sys.executable)
     run = _external(command, work / f"vllm-bench-{streams}.log", "vllm bench serve", cpu)
-    result = json.loads(out.read_text())
+    result = json.loads((work / args[args.index("--result-filename") + 1]).read_text())
 
     def distribution(name: str) -> dict[str, float | None]:
         return stats(result[f"mean_{name}_ms"], result[f"median_{name}_ms"], result[f"p99_{name}_ms"], int(result["completed"]))

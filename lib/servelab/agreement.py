@@ -76,17 +76,17 @@ class AgreementRow:
 
 
 def vllm_bench_args(
-    server: RunningServer, concurrency: int, prompts: int, input_len: int, output_len: int, result_dir: Path,
-    seed: int = 0, label: str = "",
+    base_url: str, model: str, tokenizer: str, concurrency: int, prompts: int, input_len: int, output_len: int,
+    result_dir: Path, seed: int = 0, label: str = "",
 ) -> list[str]:
-    """The arguments of one `vllm bench serve` (what follows `bench serve`): the random dataset at one
-    concurrency, saving its result JSON."""
+    """The arguments of one `vllm bench serve` (what follows `bench serve`) against the server at `base_url`
+    serving `model`: the random dataset in `tokenizer`'s tokens at one concurrency, saving its result JSON."""
     return [
         "--backend", "vllm",
-        "--base-url", server.base_url,
+        "--base-url", base_url,
         "--endpoint", "/v1/completions",
-        "--model", server.served_model,
-        "--tokenizer", server.model_path,
+        "--model", model,
+        "--tokenizer", tokenizer,
         "--dataset-name", "random",
         "--random-input-len", str(input_len),
         "--random-output-len", str(output_len),
@@ -491,8 +491,8 @@ def compare_with_vllm_bench(
                 for round_index in range(rounds):
                     seed = sweep.seed + 100 * index + round_index
                     label = ("" if mode == "turns" else "-shared") + (f"-r{round_index}" if rounds > 1 else "")
-                    args = vllm_bench_args(server, streams, per_round, sweep.input_tokens, sweep.output_tokens,
-                                           bench_dir, seed, label)
+                    args = vllm_bench_args(server.base_url, server.served_model, server.model_path, streams, per_round,
+                                           sweep.input_tokens, sweep.output_tokens, bench_dir, seed, label)
                     try:
                         if mode == "shared":
                             window, result, engine = shared_turn(bench, server, sweep, streams, per_round, writer, seed,

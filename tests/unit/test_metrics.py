@@ -423,7 +423,7 @@ def test_vllm_bench_rounds_pool_as_one_run_and_the_command_asks_for_greedy(tmp_p
         name="tiny", framework="vllm", model="m", served_model="tiny", api_flavour="openai", base_url="http://127.0.0.1:1",
         port=1, pid=1, log_path="", argv=[], launched_ns=0, ready_ns=0, model_path="/m",
     )
-    argv = vllm_bench_args(server, 16, 64, 256, 128, tmp_path, seed=3, label="-r1")
+    argv = vllm_bench_args(server.base_url, server.served_model, server.model_path, 16, 64, 256, 128, tmp_path, seed=3, label="-r1")
     assert vllm_bench_command(argv, "py")[:5] == ["py", "-m", "vllm.entrypoints.cli.main", "bench", "serve"]
     assert argv[argv.index("--temperature") + 1] == "0" and "--ignore-eos" in argv
     assert argv[argv.index("--result-filename") + 1] == "vllm-bench-c16-r1.json"
