@@ -132,6 +132,16 @@ def _grow(
     return text
 
 
+def _grow_until(text: str, long_enough: Callable[[str], bool], grow: Callable[[str], str], target_tokens: int, where: str) -> str:
+    """`text` grown by `grow` until `long_enough`; a counter that still says short after MAX_GROWTHS growths is wrong,
+    and that is an error (`where` names the language in it)."""
+    for _ in range(MAX_GROWTHS):
+        if long_enough(text):
+            return text
+        text = grow(text)
+    raise RuntimeError(f"the tokenizer counted fewer than {target_tokens} tokens in {len(text)} characters{where}")
+
+
 def _cut_growing(
     tokenizer: PromptTokenizer, text: str, target_tokens: int, enough: int, grow: Callable[[str], str]
 ) -> tuple[str, int]:
@@ -185,12 +195,11 @@ def compose_prompts(
             )
             prompts.append(Prompt(trimmed, language, target_tokens, counted))
             continue
-        for _ in range(MAX_GROWTHS):
-            if _long_enough(text, target_tokens, language, count_tokens):
-                break
-            text = _grow(parts, first, shipped, rng, language, target_tokens)
-        else:
-            raise RuntimeError(f"the tokenizer counted fewer than {target_tokens} tokens in {len(text)} characters of {language}")
+        text = _grow_until(
+            text, lambda t: _long_enough(t, target_tokens, language, count_tokens),
+            lambda _: _grow(parts, first, shipped, rng, language, target_tokens),  # noqa: B023 - used in this iteration only
+            target_tokens, f" of {language}",
+        )
         trimmed, counted = trim_to_tokens(text, target_tokens, language, count_tokens)
         prompts.append(Prompt(trimmed, language, target_tokens, counted))
     return prompts
@@ -241,12 +250,10 @@ def random_prompts(
             )
             prompts.append(Prompt(trimmed, "random", target_tokens, counted))
             continue
-        for _ in range(MAX_GROWTHS):
-            if count_tokens is None or count_tokens(text) >= target_tokens:
-                break
-            text += " " + draw(target_tokens)
-        else:
-            raise RuntimeError(f"the tokenizer counted fewer than {target_tokens} tokens in {len(text)} characters")
+        text = _grow_until(
+            text, lambda t: count_tokens is None or count_tokens(t) >= target_tokens,
+            lambda grown: grown + " " + draw(target_tokens), target_tokens, "",
+        )
         trimmed, counted = trim_to_tokens(text, target_tokens, "random", count_tokens)
         prompts.append(Prompt(trimmed, "random", target_tokens, counted))
     return prompts
