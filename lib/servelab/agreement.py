@@ -247,7 +247,7 @@ def _servelab_load(
             "languages": ("random",), "prompts_file": None,
         }
     )
-    texts = prompts_for(server, point_sweep, "random", prompts + point_sweep.warmup_requests, seed, tokenizer)
+    texts = prompts_for(server, point_sweep, "random", prompts, seed, tokenizer)
     records: list[RequestRecord] = []
 
     def keep(record: RequestRecord) -> None:
