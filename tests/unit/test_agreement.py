@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from fixtures_records import make_record
 from servelab import plots, report_tables
 from servelab.agreement import (
     AGREEMENT_TURNS_FILE,
@@ -106,13 +107,9 @@ def test_the_engines_own_means_come_from_its_histograms_between_two_readings() -
 
 
 def _record(index: int, sent_ms: float, end_ms: float) -> RequestRecord:
-    ms = 1_000_000
-    chunks = [round((sent_ms + 10 + 2 * k) * ms) for k in range(4)]
-    return RequestRecord(
-        point_id="p", request_index=index, deployment="tiny", framework="vllm", model="m", language="random",
-        warmup=False, intended_send_ns=round(sent_ms * ms), actual_send_ns=round(sent_ms * ms), first_token_ns=chunks[0],
-        end_ns=round(end_ms * ms), chunk_ns=chunks, chunk_count=4, prompt_tokens=8, output_tokens=4, token_source="server",
-    )
+    """4 output tokens, the first 10 ms after the send and the next ones 2 ms apart."""
+    chunks = tuple(sent_ms + 10 + 2 * k for k in range(4))
+    return make_record(index, point="p", intended_ms=sent_ms, sent_ms=sent_ms, chunks_ms=chunks, end_ms=end_ms, tokens=4, prompt=8)
 
 
 def test_a_shared_row_leaves_the_engines_token_count_out_since_it_holds_both_clients_tokens() -> None:

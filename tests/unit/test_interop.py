@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from fixtures_records import make_record
 from servelab.errors import ServelabError
 from servelab.interop import IMPORTED_COLUMNS, export_vllm_bench, import_results, vllm_bench_result
 from servelab.metrics import ID_COLUMNS, summarize
@@ -43,40 +44,7 @@ VLLM_KEYS = {
 } | {f"{s}_{m}_ms" for s in ("mean", "median", "std", "p99") for m in ("ttft", "tpot", "itl", "e2el")}  # fmt: skip
 
 
-def make(
-    index: int,
-    *,
-    point: str = "dep/en/concurrency-2",
-    intended_ms: float = 0,
-    sent_ms: float = 1,
-    chunks_ms: tuple[float, ...] = (11, 14, 18, 25),
-    end_ms: float = 26,
-    tokens: int | None = 5,
-    prompt: int | None = 7,
-    warmup: bool = False,
-    error: str | None = None,
-) -> RequestRecord:
-    chunk_ns = [round(c * MS) for c in chunks_ms]
-    return RequestRecord(
-        point_id=point,
-        request_index=index,
-        deployment=point.split("/")[0],
-        framework="vllm",
-        model="smollm2",
-        language=point.split("/")[1],
-        warmup=warmup,
-        intended_send_ns=round(intended_ms * MS),
-        actual_send_ns=round(sent_ms * MS),
-        first_token_ns=chunk_ns[0] if chunk_ns else None,
-        end_ns=round(end_ms * MS),
-        chunk_ns=chunk_ns,
-        chunk_count=len(chunk_ns),
-        prompt_tokens=prompt,
-        output_tokens=tokens,
-        token_source="server" if tokens is not None else "none",
-        error_class=error,
-        error_message="server closed the stream" if error else None,
-    )
+make = make_record
 
 
 def constructed_run() -> tuple[list[RequestRecord], dict[str, PointRecord]]:

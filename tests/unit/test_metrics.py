@@ -4,6 +4,7 @@ definitions (vLLM's `calculate_metrics` re-implemented below) on recorded llama.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 from itertools import pairwise
@@ -12,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from fixtures_records import make_record
 from servelab.metrics import (
     DISTRIBUTION_STATS,
     SUMMARY_COLUMNS,
@@ -37,47 +39,14 @@ from servelab.metrics import (
 from servelab.records import PointRecord, RequestRecord
 
 RECORDED = Path(__file__).parents[1] / "data" / "recorded" / "llamacpp_requests.jsonl"
-MS = 1_000_000
 
 
-def make(
-    index: int = 0,
-    *,
-    point: str = "p",
-    intended: int = 0,
-    sent: int = 1 * MS,
-    chunks_ms=(11, 14, 18, 25),
-    end_ms: float | None = 26,
-    tokens: int | None = 5,
-    prompt: int | None = 7,
-    warmup: bool = False,
-    error: str | None = None,
-) -> RequestRecord:
-    chunk_ns = [round(c * MS) for c in chunks_ms]
-    return RequestRecord(
-        point_id=point,
-        request_index=index,
-        deployment="dep",
-        framework="llamacpp",
-        model="m",
-        language="en",
-        warmup=warmup,
-        intended_send_ns=intended,
-        actual_send_ns=sent,
-        first_token_ns=chunk_ns[0] if chunk_ns else None,
-        end_ns=round((end_ms or 0) * MS),
-        chunk_ns=chunk_ns,
-        chunk_count=len(chunk_ns),
-        prompt_tokens=prompt,
-        output_tokens=tokens,
-        token_source="server" if tokens is not None else "none",
-        error_class=error,
-    )
+make = functools.partial(make_record, point="p", framework="llamacpp", model="m")
 
 
 # ------------------------------------------------------------------------------------------ per request
 def test_latencies_from_the_actual_and_the_intended_send_time():
-    record = make(intended=0, sent=1 * MS)
+    record = make(intended_ms=0, sent_ms=1)
     assert ttft_ms(record) == 10.0
     assert ttft_from_intended_ms(record) == 11.0
     assert e2e_ms(record) == 25.0
@@ -102,7 +71,7 @@ def test_a_failed_request_has_no_latency():
     assert ttft_ms(failed) is None and e2e_ms(failed) is None and tpot_ms(failed) is None
     assert itl_ms(failed) == []
     assert schedule_lag_ms(failed) == 1.0
-    assert schedule_lag_ms(make(sent=0)) is None
+    assert schedule_lag_ms(make(sent_ms=0)) is None
 
 
 def test_without_a_server_count_the_tokenizer_and_then_the_chunks_count():
@@ -127,12 +96,12 @@ def test_a_request_meets_the_slo_only_when_every_set_limit_holds():
 # ------------------------------------------------------------------------------------------ per point
 def test_throughputs_divide_successful_work_by_the_point_duration():
     records = [
-        make(0, intended=0, sent=0, chunks_ms=(10, 20), end_ms=40, tokens=4, prompt=10),
-        make(1, intended=20 * MS, sent=21 * MS, chunks_ms=(30, 50), end_ms=100, tokens=6, prompt=20),
+        make(0, intended_ms=0, sent_ms=0, chunks_ms=(10, 20), end_ms=40, tokens=4, prompt=10),
+        make(1, intended_ms=20, sent_ms=21, chunks_ms=(30, 50), end_ms=100, tokens=6, prompt=20),
         make(
             2,
-            intended=30 * MS,
-            sent=30 * MS,
+            intended_ms=30,
+            sent_ms=30,
             chunks_ms=(),
             end_ms=60,
             tokens=None,
@@ -158,7 +127,7 @@ def _points() -> dict[str, PointRecord]:
 
 
 def test_the_summary_is_tidy_one_row_per_point_metric_and_stat():
-    records = [make(0), make(1, sent=2 * MS), make(2, error="timeout")]
+    records = [make(0), make(1, sent_ms=2), make(2, error="timeout")]
     summary = summarize(records, _points())
     assert list(summary.columns) == SUMMARY_COLUMNS
     assert not summary.duplicated(["point_id", "metric", "stat"]).any()
@@ -174,13 +143,13 @@ def test_the_summary_is_tidy_one_row_per_point_metric_and_stat():
 
 def test_warmup_records_never_enter_the_summary():
     measured = [make(0), make(1)]
-    warm = make(9, warmup=True, sent=0, chunks_ms=(500, 900), end_ms=1000, tokens=100)
+    warm = make(9, warmup=True, sent_ms=0, chunks_ms=(500, 900), end_ms=1000, tokens=100)
     assert summarize(measured + [warm], _points()).equals(summarize(measured, _points()))
 
 
 def test_percentiles_use_linear_interpolation():
     records = [
-        make(i, sent=0, chunks_ms=(v,), end_ms=v + 1, tokens=1) for i, v in enumerate([10, 20, 30, 40, 50])
+        make(i, sent_ms=0, chunks_ms=(v,), end_ms=v + 1, tokens=1) for i, v in enumerate([10, 20, 30, 40, 50])
     ]
     ttft = summarize(records).query("metric == 'ttft_ms'").set_index("stat").value
     got = [
@@ -339,9 +308,9 @@ def edge_cases() -> list[RequestRecord]:
     """Requests vLLM treats specially: one output token (no TPOT; TPOT 0 for goodput), a failure, no prompt count."""
     return [
         make(0, point="edge", chunks_ms=(12,), end_ms=13, tokens=1),
-        make(1, point="edge", sent=3 * MS, chunks_ms=(20, 21, 40, 41, 60), end_ms=62, tokens=9),
+        make(1, point="edge", sent_ms=3, chunks_ms=(20, 21, 40, 41, 60), end_ms=62, tokens=9),
         make(2, point="edge", error="http_5xx", chunks_ms=(), end_ms=5, tokens=None),
-        make(3, point="edge", sent=10 * MS, chunks_ms=(30, 31), end_ms=45, tokens=3, prompt=None),
+        make(3, point="edge", sent_ms=10, chunks_ms=(30, 31), end_ms=45, tokens=3, prompt=None),
     ]
 
 
