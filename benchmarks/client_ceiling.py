@@ -13,7 +13,7 @@ CPU 0, whose affinity they and their worker processes inherit) and drives it clo
 - TTFT and ITL as the client reported them and as the emitter's records say they were (`true`), which
   includes the emitter's own lateness.
 
-A level is sustained under servelab's criterion (`servelab.calibrate.is_sustained`: ITL mean and median
+A level is sustained under servelab's criterion (`servelab.checks.calibrate.is_sustained`: ITL mean and median
 within 1% of the truth, TTFT mean within 2% or 0.2 ms, no errors); a client's ceiling is its best sustained
 level's chunks/s. The script prints that ratio, and the ratio under the ITL-only criterion for comparison.
 ITL definitions differ: servelab and AIPerf (inter_chunk_latency) pool every gap between chunks; GuideLLM
@@ -40,14 +40,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from servelab import aio, metrics
-from servelab.agreement import vllm_bench_args, vllm_bench_command
-from servelab.calibrate import Deviation, is_sustained, request_lifetime_s, running_emitter, true_latencies
-from servelab.clients import Target
+from servelab import aio
+from servelab.analyse import metrics
+from servelab.checks.agreement import vllm_bench_args, vllm_bench_command
+from servelab.checks.calibrate import Deviation, is_sustained, request_lifetime_s, running_emitter, true_latencies
+from servelab.measure.clients import Target
 from servelab.clock import now_ns
-from servelab.load import ensure_file_descriptors, make_client, run_point
+from servelab.measure.load import ensure_file_descriptors, make_client, run_point
 from servelab.params import ConcurrencyLoad, Sweep
-from servelab.prompts import Prompt
+from servelab.measure.prompts import Prompt
 
 TTFT_MS, ITL_MS = 20.0, 5.0
 RAMP_UP_S = 0.1
@@ -310,7 +311,7 @@ def main() -> int:
         print(VLLM_NOTE)
     tokenizer = None
     if {"aiperf", "vllm-bench"} & set(args.tools):
-        from servelab.models import resolve_shape, write_shape
+        from servelab.serve.models import resolve_shape, write_shape
 
         tokenizer = write_shape(resolve_shape("tinyllama-1.1b"), work / "tokenizer")
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from servelab.gpu import MemorySampler, NvmlReader, PidMap, nvml_available
+from servelab.observe import MemorySampler, NvmlReader, PidMap, nvml_available
 
 
 def cpu_s() -> float:

@@ -18,12 +18,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-from servelab.calibrate import running_emitter
+from servelab.checks.calibrate import running_emitter
 from servelab.clock import now_ns
-from servelab.deploy import Fleet, RunningServer
+from servelab.serve.deploy import Fleet, RunningServer
 from servelab.params import parse_params
 from servelab.records import latest_points, read_requests
-from servelab.sweep import run_sweep
+from servelab.measure.sweep import run_sweep
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from servelab.deploy import Fleet, RunningServer, deploy
+from servelab.serve.deploy import Fleet, RunningServer, deploy
 from servelab.params import Params, parse_params
 
 REPO = Path(__file__).resolve().parents[1]

@@ -44,7 +44,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _compose(args: argparse.Namespace) -> int:
-    from servelab.compose import write_compose
+    from servelab.serve.compose import write_compose
     from servelab.params import load_params
 
     written = write_compose(load_params(args.params), Path(args.params), Path(args.out))
@@ -58,7 +58,7 @@ def _run_path(value: str, outputs: str) -> Path:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from servelab.compare import compare_runs
+    from servelab.checks.compare import compare_runs
 
     if len(args.runs) < 2:
         raise ServelabError(f"compare needs two runs or more, got {len(args.runs)}: servelab compare RUN RUN [RUN ...]")
@@ -68,7 +68,7 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from servelab.interop import export_vllm_bench
+    from servelab.checks.interop import export_vllm_bench
 
     run_dir = _run_path(args.run, args.outputs)
     out = Path(args.out) if args.out else run_dir / "vllm-bench-format"
@@ -80,7 +80,7 @@ def _export(args: argparse.Namespace) -> int:
 def _import(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from servelab.interop import import_results
+    from servelab.checks.interop import import_results
 
     frames = [
         import_results(Path(path), deployment=args.deployment, framework=args.framework, model=args.model, language=args.language)
@@ -94,7 +94,7 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from servelab.calibrate import CACHE_FILE, calibrate, format_calibration
+    from servelab.checks.calibrate import CACHE_FILE, calibrate, format_calibration
 
     print(format_calibration(calibrate(cores=args.cores, quick=args.quick)))
     print(f"saved to {CACHE_FILE}; new runs on this host record it in manifest.json")
@@ -103,7 +103,7 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 def _plan(args: argparse.Namespace) -> int:
     from servelab.params import load_params
-    from servelab.planner import format_plan, plan
+    from servelab.serve.planner import format_plan, plan
 
     print(format_plan(plan(load_params(args.params), total_mib=args.total_mib)))
     return 0

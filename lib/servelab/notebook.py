@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from servelab import tables
+from servelab.analyse import frames as tables
 from servelab.manifest import read_manifest
 from servelab.params import Params, parse_params
 from servelab.records import MANIFEST_FILE
@@ -88,7 +88,7 @@ def deployment_table(current: Lab) -> pd.DataFrame:
 
 
 def _health_path(server: object) -> str:
-    from servelab.engines.base import ENGINES
+    from servelab.serve.engines.base import ENGINES
 
     adapter = ENGINES.get(getattr(server, "framework", ""))
     return adapter.health_path if adapter else "/health"

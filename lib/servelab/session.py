@@ -14,9 +14,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from servelab import deploy as deployment_module
-from servelab.calibrate import record_calibration
-from servelab.deploy import Fleet, RunningServer
+from servelab.serve import deploy as deployment_module
+from servelab.checks.calibrate import record_calibration
+from servelab.serve.deploy import Fleet, RunningServer
 from servelab.errors import OutputsError
 from servelab.manifest import build_manifest, read_manifest, update_manifest, write_manifest
 from servelab.params import Params, load_params, params_stem
@@ -112,7 +112,7 @@ def lab(params: Params, run_dir: Path, sample_memory: bool = True) -> Iterator[L
         on_launched = None
         check = None
         if sample_memory:
-            from servelab.gpu import MemorySampler, PidMap
+            from servelab.observe import MemorySampler, PidMap
 
             pid_map = PidMap()
             sampler = MemorySampler(
@@ -135,8 +135,8 @@ def lab(params: Params, run_dir: Path, sample_memory: bool = True) -> Iterator[L
 
 def _free_memory_check(params: Params) -> deployment_module.FreeMemoryCheck | None:
     """Before each start, refuse when the GPU's free memory cannot hold the next deployment's budget."""
-    from servelab.gpu import free_device_mib
-    from servelab.planner import required_mib
+    from servelab.observe import free_device_mib
+    from servelab.serve.planner import required_mib
 
     def check(deployment: Any) -> None:
         free = free_device_mib(params.memory.device_index)

@@ -15,7 +15,7 @@ import httpx
 import psutil
 import pytest
 from conftest import embedded_params
-from servelab.deploy import attach, deploy, port_is_free
+from servelab.serve.deploy import attach, deploy, port_is_free
 from servelab.errors import DeployError, EngineError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -54,7 +54,7 @@ OWNER = textwrap.dedent(
     sys.path.insert(0, {tests!r})
     from pathlib import Path
     from conftest import embedded_params
-    from servelab.deploy import deploy, stop_on_signals
+    from servelab.serve.deploy import deploy, stop_on_signals
     with stop_on_signals():
         fleet = deploy(embedded_params(), Path({run!r}))
         try:

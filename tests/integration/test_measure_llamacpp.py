@@ -10,17 +10,17 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from servelab import engine_metrics
-from servelab.agreement import wait_for_requests
-from servelab.clients import Target, make_client, send
+from servelab.observe import counters as engine_metrics
+from servelab.checks.agreement import wait_for_requests
+from servelab.measure.clients import Target, make_client, send
 from servelab.clock import now_ns
 from servelab.errors import VllmBenchError
-from servelab.load import run_point
-from servelab.metrics import duration_s, output_tokens_per_s, summarize
+from servelab.measure.load import run_point
+from servelab.analyse.metrics import duration_s, output_tokens_per_s, summarize
 from servelab.params import ConcurrencyLoad, RateLoad, Sweep
-from servelab.prompts import Prompt, build_prompts
+from servelab.measure.prompts import Prompt, build_prompts
 from servelab.records import RequestRecord
-from servelab.tokens import ServerTokenizer, flag_token_counts
+from servelab.measure.tokens import ServerTokenizer, flag_token_counts
 
 pytestmark = pytest.mark.engine
 
@@ -186,7 +186,7 @@ def test_an_open_loop_point_runs_on_its_schedule_against_the_engine(target):
 
 
 def test_the_sweep_cuts_prompts_with_the_servers_tokenizer_when_the_model_has_no_tokenizer_json(embedded_server):
-    from servelab.sweep import prompt_tokenizer
+    from servelab.measure.sweep import prompt_tokenizer
 
     tokenizer = prompt_tokenizer(embedded_server)  # a GGUF: no tokenizer.json beside it
     assert isinstance(tokenizer, ServerTokenizer)

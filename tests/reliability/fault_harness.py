@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 from servelab.clock import now_ns
-from servelab.deploy import Fleet, RunningServer, stop_child
+from servelab.serve.deploy import Fleet, RunningServer, stop_child
 from servelab.params import Params, parse_params
 from servelab.records import POINTS_FILE, REQUESTS_FILE, latest_points, read_jsonl
 
@@ -53,8 +53,8 @@ def emitter(*flags: str) -> contextlib.AbstractContextManager[tuple[str, subproc
 
 
 def faultproxy(upstream: str, fault: str, every: int = 1, flavour: str = "openai") -> contextlib.AbstractContextManager[tuple[str, subprocess.Popen[str]]]:
-    """servelab.faultproxy in front of `upstream`, faulting every `every`-th request with `fault`."""
-    argv = [PYTHON, "-m", "servelab.faultproxy", "--upstream", upstream, "--fault", fault, "--every", str(every), "--flavour", flavour]
+    """tools/faultproxy in front of `upstream`, faulting every `every`-th request with `fault`."""
+    argv = [PYTHON, str(REPO / "tools" / "faultproxy" / "faultproxy.py"), "--upstream", upstream, "--fault", fault, "--every", str(every), "--flavour", flavour]
     return served(argv, "the fault proxy")
 
 

@@ -56,10 +56,10 @@ def test_the_point_runner_refuses_the_same_grid_before_its_first_point_starts(tm
         import resource
         from pathlib import Path
         resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
-        from servelab.deploy import Fleet
+        from servelab.serve.deploy import Fleet
         from servelab.errors import ClientCapacityError
         from servelab.params import load_params
-        from servelab.sweep import run_sweep
+        from servelab.measure.sweep import run_sweep
         try:
             run_sweep(load_params({str(params)!r}), Path({str(tmp_path)!r}), Fleet(run_dir=Path({str(tmp_path)!r})), progress=False)
         except ClientCapacityError as error:
@@ -94,7 +94,7 @@ def test_ten_thousand_concurrent_streams_raise_the_soft_limit_and_every_one_comp
             sys.path.insert(0, {str(REPO / "tests" / "reliability")!r})
             from fault_harness import fleet_at
             from servelab.params import load_params
-            from servelab.sweep import run_sweep
+            from servelab.measure.sweep import run_sweep
             run = Path({str(tmp_path)!r})
             run_sweep(load_params({str(params_path)!r}), run, fleet_at(run, {url!r}, {process.pid}), progress=False)
             print(json.dumps({{"soft": resource.getrlimit(resource.RLIMIT_NOFILE)[0], "hard": hard}}))

@@ -12,7 +12,7 @@ import pytest
 from fault_harness import PYTHON, REPO, check_nothing_lost, emitter, fleet_at, sweep_params, write_yaml
 from servelab import records
 from servelab.records import POINTS_FILE, REQUESTS_FILE, latest_points, read_jsonl
-from servelab.sweep import run_sweep
+from servelab.measure.sweep import run_sweep
 
 pytestmark = pytest.mark.slow
 
@@ -54,7 +54,7 @@ sys.path.insert(0, {harness!r})
 from fault_harness import fleet_at
 from servelab import records
 from servelab.params import load_params
-from servelab.sweep import run_sweep
+from servelab.measure.sweep import run_sweep
 
 real_write = records.JsonlWriter.write
 

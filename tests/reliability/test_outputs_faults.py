@@ -28,7 +28,7 @@ from fault_harness import (
 from servelab.cli import main
 from servelab.errors import OutputsError
 from servelab.records import REQUESTS_FILE, JsonlWriter, latest_points
-from servelab.sweep import run_sweep
+from servelab.measure.sweep import run_sweep
 
 pytestmark = pytest.mark.slow
 

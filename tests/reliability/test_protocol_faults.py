@@ -1,6 +1,6 @@
 """Servers that answer badly: HTTP 429/500/503, malformed SSE and NDJSON, a reset connection, a stalled stream.
 
-Each fault is injected by a real process: the reference emitter's fault flags, or servelab.faultproxy in front
+Each fault is injected by a real process: the reference emitter's fault flags, or tools/faultproxy in front
 of the real llama-server. The sweep runs for real (`run_sweep`), and every test checks that no request was lost:
 each one the server received is a record on disk, with the fault named in its error_class.
 """
@@ -11,7 +11,7 @@ import httpx
 import pytest
 from fault_harness import check_nothing_lost, emitter, faultproxy, fleet_at, sweep_params
 from servelab.records import latest_points, read_requests
-from servelab.sweep import run_sweep
+from servelab.measure.sweep import run_sweep
 
 pytestmark = pytest.mark.slow
 
@@ -80,7 +80,7 @@ PROXY_FAULTS = [
 def test_fault_injection_by_a_proxy_in_front_of_llama_server_breaks_every_other_request_and_loses_none(
     tmp_path, embedded_server, flavour, fault, error_class
 ):
-    """Expectation: servelab.faultproxy in front of the real llama-server breaks every second request (Ollama
+    """Expectation: tools/faultproxy in front of the real llama-server breaks every second request (Ollama
     NDJSON translated from the engine's stream, or its own OpenAI SSE). Exactly the requests the proxy faulted
     are failed records of the fault's class; the others carry the engine's own token counts; the proxy received
     exactly the requests on disk; the point is marked done (half failed is not more than max_error_rate 0.5)."""

@@ -1,6 +1,6 @@
 """The report of a run that went wrong marks its failed and partial points and gives error rates by class.
 
-The run is real: a sweep against the reference emitter (seeded 503s) behind servelab.faultproxy (a reset every
+The run is real: a sweep against the reference emitter (seeded 503s) behind tools/faultproxy (a reset every
 third request), killed by SIGKILL in the middle of its third point. The report is the real 04_report notebook,
 executed by papermill and exported to report.html, and the test reads the failures table out of that HTML.
 """
@@ -16,8 +16,8 @@ from html.parser import HTMLParser
 import pytest
 from fault_harness import PYTHON, REPO, emitter, faultproxy, sweep_params, write_yaml
 from servelab.records import read_requests
-from servelab.report import export_report
-from servelab.report_tables import PARTIAL
+from servelab.report.html import export_report
+from servelab.report.tables import PARTIAL
 from servelab.run import execute_notebook
 from servelab.session import open_run
 
@@ -30,7 +30,7 @@ sys.path.insert(0, {harness!r})
 from fault_harness import fleet_at
 from servelab import records
 from servelab.params import load_params
-from servelab.sweep import run_sweep
+from servelab.measure.sweep import run_sweep
 
 real_write = records.JsonlWriter.write
 third = []

@@ -15,7 +15,7 @@ import json
 import pytest
 from fault_harness import REPO
 from servelab.cli import main
-from servelab.compose import check_image_pinned
+from servelab.serve.compose import check_image_pinned
 from servelab.manifest import REDACTED, redact_file, update_manifest, write_manifest
 from servelab.params import FRAMEWORKS, Deployment
 

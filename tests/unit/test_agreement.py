@@ -12,8 +12,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from fixtures_records import make_record
-from servelab import plots, report_tables
-from servelab.agreement import (
+from servelab.analyse import plots
+from servelab.report import tables as report_tables
+from servelab.checks.agreement import (
     AGREEMENT_TURNS_FILE,
     AgreementTurn,
     EngineWindow,
@@ -24,8 +25,8 @@ from servelab.agreement import (
     over_engine,
     read_agreement_turns,
 )
-from servelab.deploy import RunningServer
-from servelab.engine_metrics import CounterSnapshot, engine_tpot_ms, engine_ttft_ms
+from servelab.serve.deploy import RunningServer
+from servelab.observe.counters import CounterSnapshot, engine_tpot_ms, engine_ttft_ms
 from servelab.errors import VllmBenchError
 from servelab.params import ConcurrencyLoad, Sweep
 from servelab.records import RequestRecord

@@ -11,8 +11,8 @@ import json
 import math
 
 import pytest
-from servelab import metrics
-from servelab.calibrate import (
+from servelab.analyse import metrics
+from servelab.checks.calibrate import (
     Calibration,
     Deviation,
     Level,
@@ -273,7 +273,7 @@ def test_deviation_of_no_values_is_none_not_nan():
 
 def test_the_report_warns_where_prompts_came_out_far_from_their_target():
     import pandas as pd
-    from servelab.report_tables import prompt_length_warnings
+    from servelab.report.tables import prompt_length_warnings
 
     rows = []
     for language, tokens in (("en", 260.0), ("ko", 514.0)):

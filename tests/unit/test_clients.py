@@ -13,11 +13,11 @@ from itertools import pairwise
 from pathlib import Path
 
 import pytest
-from servelab.clients import Target, make_client, request_body, send
+from servelab.measure.clients import Target, make_client, request_body, send
 from servelab.params import Deployment, LlamaCppEngine
-from servelab.prompts import Prompt
+from servelab.measure.prompts import Prompt
 from servelab.records import ERROR_CLASSES, RequestRecord
-from servelab.tokens import JsonTokenizer
+from servelab.measure.tokens import JsonTokenizer
 
 RECORDED = Path(__file__).parents[1] / "data" / "recorded"
 PROMPT = Prompt("The capital of France is", "en", 6)
@@ -390,7 +390,7 @@ def test_a_stream_without_any_text_is_empty(replay_server):
 
 
 def test_every_failure_class_is_a_known_error_class():
-    from servelab import clients
+    from servelab.measure import clients
 
     assert {clients._class_of_status(s) for s in (400, 404, 429, 500, 503)} <= set(ERROR_CLASSES)
 

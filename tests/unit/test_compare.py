@@ -10,10 +10,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from servelab.cli import main
-from servelab.compare import compare_runs, read_summary, run_labels
+from servelab.checks.compare import compare_runs, read_summary, run_labels
 from servelab.errors import ServelabError
-from servelab.interop import export_vllm_bench
-from servelab.metrics import summarize
+from servelab.checks.interop import export_vllm_bench
+from servelab.analyse.metrics import summarize
 from servelab.records import POINTS_FILE, REQUESTS_FILE, SUMMARY_FILE, PointRecord, RequestRecord, to_dict
 
 GUIDELLM_SAMPLE = Path(__file__).parents[1] / "data" / "interop" / "guidellm_report_sample.json"

@@ -9,8 +9,8 @@ from typing import Any
 
 import httpx
 import pytest
-from servelab.engines import ENGINES, adapter_for
-from servelab.engines.ollama import OllamaAdapter, keep_alive_value
+from servelab.serve.engines import ENGINES, adapter_for
+from servelab.serve.engines.ollama import OllamaAdapter, keep_alive_value
 from servelab.errors import EngineError, ParamsError
 from servelab.params import Deployment
 

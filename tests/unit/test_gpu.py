@@ -1,4 +1,4 @@
-"""servelab.gpu: the sampler (host fallback for real, NVML through a stand-in for the pynvml library), attribution
+"""servelab.observe: the sampler (host fallback for real, NVML through a stand-in for the pynvml library), attribution
 on real process trees, and the analysis and energy functions on samples built by hand."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import psutil
 import pynvml
 import pytest
 from servelab.clock import now_ns
-from servelab.gpu import (
+from servelab.observe import (
     DEVICE,
     NO_PROCESS,
     UNATTRIBUTED,
@@ -569,7 +569,7 @@ def test_no_energy_fields_gives_an_empty_table() -> None:
 
 
 def test_the_memory_timeline_stacks_each_listing_once_even_when_two_fall_in_one_tenth_of_a_second() -> None:
-    from servelab import plots
+    from servelab.analyse import plots
 
     rows = []
     for t in (0.10, 0.14, 0.22, 0.26):  # 0.10 and 0.14 both round to 0.1 s; 0.22 and 0.26 to 0.2 and 0.3

@@ -7,7 +7,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 import pytest
-from servelab.http11 import (
+from servelab.measure.http11 import (
     ClosedBeforeResponse,
     ConnectionLost,
     ProtocolViolation,
@@ -240,7 +240,7 @@ class _Recorder:
 
 
 def test_the_inbox_keeps_arrival_order_and_stamps_and_ends_a_connection_after_its_bytes() -> None:
-    from servelab.http11 import _Inbox, _Lost
+    from servelab.measure.http11 import _Inbox, _Lost
 
     async def go() -> list:
         log: list = []
@@ -259,7 +259,7 @@ def test_the_inbox_keeps_arrival_order_and_stamps_and_ends_a_connection_after_it
 
 
 def test_the_inbox_gives_the_loop_back_between_slices_of_parsing() -> None:
-    from servelab.http11 import DRAIN_SLICE_NS, _Inbox
+    from servelab.measure.http11 import DRAIN_SLICE_NS, _Inbox
 
     async def go() -> list[int]:
         log: list = []

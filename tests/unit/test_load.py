@@ -15,9 +15,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from itertools import pairwise
 
 import pytest
-from servelab.clients import Target
+from servelab.measure.clients import Target
 from servelab.clock import now_ns
-from servelab.load import (
+from servelab.measure.load import (
     LAG_LIMIT_MS,
     arrival_offsets_ns,
     find_max_throughput,
@@ -27,9 +27,9 @@ from servelab.load import (
     schedule_lag_limit_ms,
     sleep_until,
 )
-from servelab.metrics import Slo
+from servelab.analyse.metrics import Slo
 from servelab.params import ConcurrencyLoad, RateLoad, Sweep
-from servelab.prompts import Prompt
+from servelab.measure.prompts import Prompt
 from servelab.records import RequestRecord
 
 PROMPTS = [Prompt(f"prompt {i}", "en", 2) for i in range(8)]
@@ -246,7 +246,7 @@ def test_an_open_loop_sends_on_the_precomputed_schedule_and_never_early(streamer
     sweep = _sweep(RateLoad(kind="poisson", values=(40.0,)), requests_per_point=30, seed=5)
     outcome, records = _run(_target(streamer, "parallel/2/5"), "poisson", 40.0, sweep, point_id="open")
     measured = sorted((r for r in records if not r.warmup), key=lambda r: r.request_index)
-    expected = arrival_offsets_ns("poisson", 40.0, random.Random("servelab.load:5:open"), count=30)
+    expected = arrival_offsets_ns("poisson", 40.0, random.Random("servelab.measure.load:5:open"), count=30)
     assert [r.intended_send_ns - outcome.start_ns for r in measured] == expected
     assert all(r.actual_send_ns >= r.intended_send_ns for r in measured)
     assert outcome.lag_p50_ms <= outcome.lag_p99_ms

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from servelab import memory_report, report_tables, tables
+from servelab.analyse import memory_tables as memory_report
+from servelab.report import tables as report_tables
+from servelab.analyse import frames as tables
 from servelab.notebook import recorded
 
 RUN = Path(__file__).parents[1] / "data" / "recorded" / "h200-sglang-run"

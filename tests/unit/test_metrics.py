@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from fixtures_records import make_record
-from servelab.metrics import (
+from servelab.analyse.metrics import (
     DISTRIBUTION_STATS,
     SUMMARY_COLUMNS,
     Slo,
@@ -376,8 +376,8 @@ def test_summary_columns_hold_plain_types():
 
 # --------------------------------------------------------------------- the GPU comparison's bookkeeping
 def test_vllm_bench_rounds_pool_as_one_run_and_the_command_asks_for_greedy(tmp_path: Path) -> None:
-    from servelab.agreement import _pooled_bench, vllm_bench_args, vllm_bench_command
-    from servelab.deploy import RunningServer
+    from servelab.checks.agreement import _pooled_bench, vllm_bench_args, vllm_bench_command
+    from servelab.serve.deploy import RunningServer
 
     rounds = [
         {"completed": 100, "total_output_tokens": 12_800, "duration": 10.0, "mean_ttft_ms": 50.0, "mean_tpot_ms": 10.0},

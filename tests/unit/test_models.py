@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from servelab import models
+from servelab.serve import models
 from servelab.errors import ParamsError
-from servelab.models import SHAPES, is_shape_only, model_size_billion, prepare_shape, resolve_shape
+from servelab.serve.models import SHAPES, is_shape_only, model_size_billion, prepare_shape, resolve_shape
 from servelab.params import Deployment
 from tokenizers import Tokenizer
 
@@ -224,8 +224,8 @@ def test_custom_shape_file_that_does_not_exist(tmp_path: Path) -> None:
 def test_sweep_prompts_hit_the_target_in_the_shape_tokenizer(qwen_folder: Path, language: str) -> None:
     """The GPU run of 2026-12-01 sent ~520 (en) and ~630 (zh) tokens for a 256-token target: the prompts had been
     sized by a characters-per-token estimate. With the model folder's tokenizer they are sized in its tokens."""
-    from servelab.prompts import compose_prompts, random_prompts
-    from servelab.tokens import local_tokenizer
+    from servelab.measure.prompts import compose_prompts, random_prompts
+    from servelab.measure.tokens import local_tokenizer
 
     tokenizer = local_tokenizer(str(qwen_folder))
     assert tokenizer is not None

@@ -1,4 +1,4 @@
-"""servelab.planner against the figures measured with real vLLM on an H100 80GB
+"""servelab.serve.planner against the figures measured with real vLLM on an H100 80GB
 (shared/device/measured-h100-vllm.md), and the framework rules it encodes."""
 
 from __future__ import annotations
@@ -6,9 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from servelab.engines.llamacpp import embedded_gguf
+from servelab.serve.engines.llamacpp import embedded_gguf
 from servelab.params import Deployment, Params, parse_params
-from servelab.planner import (
+from servelab.serve.planner import (
     VLLM_CUDA_CONTEXT_MIB,
     format_plan,
     plan,

@@ -8,7 +8,7 @@ import re
 import pytest
 from servelab.errors import ParamsError
 from servelab.params import LANGUAGES, ConcurrencyLoad, Sweep
-from servelab.prompts import (
+from servelab.measure.prompts import (
     CHARS_PER_TOKEN,
     SHIPPED_LANGUAGES,
     build_prompts,
@@ -18,7 +18,7 @@ from servelab.prompts import (
     random_prompts,
     trim_to_tokens,
 )
-from servelab.tokens import JsonTokenizer
+from servelab.measure.tokens import JsonTokenizer
 
 SCRIPTS = {
     "ko": re.compile(r"[\uac00-\ud7a3]"),

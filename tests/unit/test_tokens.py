@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from servelab.records import RequestRecord
-from servelab.tokens import (
+from servelab.measure.tokens import (
     FLAG_COLUMNS,
     JsonTokenizer,
     ServerTokenizer,

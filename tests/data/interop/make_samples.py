@@ -1,7 +1,7 @@
 """Writes the two hand-built sample files of this folder. They are NOT recorded from real runs.
 
 Neither tool can be installed here, so each sample is built from synthetic per-request timings with the tool's
-own formulas. The formulas are restated from upstream source, independently of `servelab.interop`:
+own formulas. The formulas are restated from upstream source, independently of `servelab.checks.interop`:
 - `vllm_bench_serve_sample.json`: `calculate_metrics`, `benchmark` and `main_async` of vllm/benchmarks/serve.py,
   for `vllm bench serve --backend openai --dataset-name random --random-input-len 64 --random-output-len 16
   --num-prompts 8 --max-concurrency 4 --percentile-metrics ttft,tpot,itl,e2el --metric-percentiles 50,90,99

@@ -1,0 +1,1 @@
+"""Analyse: metrics over records, tidy frames, memory tables and plots."""

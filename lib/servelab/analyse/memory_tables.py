@@ -1,0 +1,163 @@
+"""The tables and sentences of the memory notebook, composed from `servelab.observe` analysis and the planner."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from servelab.observe import (
+    DEVICE,
+    attribution_gap,
+    baseline_used_mib,
+    energy_per_deployment,
+    idle_footprint,
+    memory_under_load,
+    peaks,
+)
+from servelab.analyse.metrics import percent_off
+from servelab.params import Params, VllmEngine
+from servelab.serve.planner import plan, seed_formula_mib
+
+
+def _source(samples: pd.DataFrame) -> str:
+    return str(samples["source"].iloc[0]) if not samples.empty else "none"
+
+
+def source_sentence(samples: pd.DataFrame) -> str:
+    source = _source(samples)
+    if source == "nvml":
+        return "Memory source: NVML (GPU memory of the device and of each process)."
+    if source == "host_rss":
+        return (
+            "Memory source: HOST RSS of each engine's processes. This machine has no GPU (no NVML), so every "
+            "figure below is host memory, not GPU memory."
+        )
+    return "No memory samples in this run."
+
+
+def phases(samples: pd.DataFrame, points: pd.DataFrame) -> pd.DataFrame:
+    """Per deployment: idle footprint once loaded, mean and peak under its own load points, overall peak (MiB)."""
+    if samples.empty:
+        return pd.DataFrame({"note": ["no samples"]})
+    idle = idle_footprint(samples, points).set_index("deployment")[["idle_mib"]]
+    top = peaks(samples).set_index("deployment")[["peak_mib"]]
+    table = idle.join(top, how="outer")
+    if not points.empty:
+        under = memory_under_load(samples, points)
+        if not under.empty:
+            owner = points.set_index("point_id")["deployment"]
+            own = under[under["deployment"] == under["point_id"].map(owner)]
+            table = table.join(own.groupby("deployment")["mean_mib"].mean().rename("under_load_mean_mib"), how="outer")
+    table = table.drop(index=[DEVICE], errors="ignore").round(1)
+    table.columns = [f"{column} ({_unit(samples)})" for column in table.columns]
+    return table
+
+
+def _unit(samples: pd.DataFrame) -> str:
+    return "GPU" if _source(samples) == "nvml" else "host RSS"
+
+
+def _measured_mib(samples: pd.DataFrame, points: pd.DataFrame | None) -> pd.Series:
+    """Each deployment's idle footprint, as in `phases`: once loaded and before any load."""
+    idle = idle_footprint(samples, points)
+    return idle.set_index("deployment")["idle_mib"] if not idle.empty else pd.Series(dtype=float)
+
+
+def _total_mib(samples: pd.DataFrame) -> float | None:
+    device = samples[samples["scope"] == "device"]["total_mib"].dropna()
+    return float(device.iloc[0]) if not device.empty else None
+
+
+def planner_comparison(params: Params, samples: pd.DataFrame, points: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per deployment, in start order: the planner's prediction against the measured idle footprint and against
+    the peak under load, and the seed's formula (weights + available x utilization + overhead) for vLLM.
+
+    Both matter to whoever co-locates: the idle footprint is what each framework reserves; the peak is what the
+    next model must leave room for (SGLang and vLLM both allocate some working memory beyond it under load)."""
+    measured = _measured_mib(samples, points)
+    top = peaks(samples).set_index("deployment")["peak_mib"]
+    total = _total_mib(samples)
+    on_gpu = _source(samples) == "nvml" and total is not None
+    # Without a GPU the host's memory stands in for the size: only host-side (llama.cpp) predictions are compared.
+    prediction = plan(params, total_mib=total if on_gpu else 1.0, reserve_mib=0.0)
+    available = total - baseline_used_mib(samples) if on_gpu else None
+    rows = []
+    for footprint, deployment in zip(prediction.footprints, _in_start_order(params), strict=True):
+        if (footprint.memory == "gpu") != on_gpu:
+            continue
+        got = measured.get(deployment.name)
+        peak = top.get(deployment.name)
+        row = {
+            "deployment": deployment.name,
+            "memory": footprint.memory,
+            "formula": footprint.formula,
+            "predicted_mib": round(footprint.predicted_mib, 1),
+            "measured_mib": None if got is None else round(float(got), 1),
+            "error_pct": percent_off(footprint.predicted_mib, got),
+            "peak_mib": None if peak is None else round(float(peak), 1),
+            "peak_error_pct": percent_off(footprint.predicted_mib, peak),
+        }
+        if isinstance(deployment.engine, VllmEngine) and available is not None and footprint.weights_mib is not None:
+            seed = seed_formula_mib(footprint.weights_mib, available, deployment.engine.gpu_memory_utilization, footprint.overhead_mib)
+            row["seed_formula_mib"] = round(seed, 1)
+            row["seed_error_pct"] = percent_off(seed, got)
+            available -= got or footprint.predicted_mib
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _in_start_order(params: Params) -> list:
+    from servelab.serve.deploy import start_order
+
+    return start_order(params.deployments)
+
+
+def planner_sentence(comparison: pd.DataFrame) -> str:
+    if comparison.empty or comparison["error_pct"].isna().all():
+        return "No deployment could be compared with the planner (no matching measurement)."
+    worst = comparison["error_pct"].abs().max()
+    text = f"The planner's largest error is {worst:.1f} % of the idle footprint"
+    if "peak_error_pct" in comparison and comparison["peak_error_pct"].notna().any():
+        text += f" and {comparison['peak_error_pct'].abs().max():.1f} % of the peak under load"
+    text += "."
+    if "seed_error_pct" in comparison and comparison["seed_error_pct"].notna().any():
+        seed_worst = comparison["seed_error_pct"].abs().max()
+        verdict = "does not hold" if seed_worst > 3 else "holds"
+        text += f" The seed's formula (weights + available x utilization + overhead) is off by up to {seed_worst:.1f} %: it {verdict} here."
+    return text
+
+
+STEADY_MIN_MIB = 1024.0
+"""Listings with less than this above the baseline are left out of the check: while a CUDA context is being
+made, a few MiB against a gap of a few MiB gives percentages that mean nothing."""
+
+
+def attribution_check(samples: pd.DataFrame) -> pd.DataFrame:
+    """The process memory NVML lists against device used minus the baseline, over the listings that hold at least
+    STEADY_MIN_MIB; and how much of the listed memory belongs to no deployment."""
+    if _source(samples) != "nvml":
+        return pd.DataFrame({"note": ["needs NVML: without a GPU there is no device total to check against"]})
+    gap = attribution_gap(samples).dropna(subset=["gap_pct"])
+    loaded = gap[(gap["device_used_mib"] - gap["baseline_mib"]) >= STEADY_MIN_MIB]
+    if loaded.empty:
+        return pd.DataFrame({"note": [f"no listing with {STEADY_MIN_MIB:.0f} MiB or more above the baseline"]})
+    absolute = loaded["gap_pct"].abs()
+    peak = loaded.loc[loaded["device_used_mib"].idxmax()]
+    return pd.DataFrame(
+        {
+            "baseline_mib": [round(float(loaded["baseline_mib"].iloc[0]), 1)],
+            "listings": [len(loaded)],
+            "median_gap_pct": [round(float(loaded["gap_pct"].median()), 3)],
+            "p95_abs_gap_pct": [round(float(absolute.quantile(0.95)), 3)],
+            "max_abs_gap_pct": [round(float(absolute.max()), 3)],
+            "within_1pct_share": [round(float((absolute <= 1.0).mean()), 4)],
+            "at_peak_listed_mib": [round(float(peak["listed_mib"]), 1)],
+            "at_peak_device_minus_baseline_mib": [round(float(peak["device_used_mib"] - peak["baseline_mib"]), 1)],
+            "unattributed_share_pct": [round(float(100 * loaded["unattributed_mib"].sum() / loaded["listed_mib"].sum()), 3)],
+        }
+    )
+
+
+def energy(samples: pd.DataFrame) -> pd.DataFrame:
+    if _source(samples) != "nvml":
+        return pd.DataFrame({"note": ["needs NVML's energy counter: not available without a GPU"]})
+    return energy_per_deployment(samples)

@@ -1,0 +1,1 @@
+"""Measure: the HTTP clients, the load generator, prompts, tokenizers and the sweep over load points."""

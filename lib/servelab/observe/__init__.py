@@ -1,0 +1,58 @@
+"""GPU memory profiling: sample NVML (or host RSS without a GPU), attribute processes to deployments, and
+analyse the samples: idle, under load, peak, load/unload events, the attribution check and energy per model.
+Methods: docs/memory.md.
+"""
+
+from servelab.observe.memory import (
+    DEVICE,
+    NO_PROCESS,
+    UNATTRIBUTED,
+    attribution_gap,
+    baseline_used_mib,
+    deployment_memory,
+    idle_footprint,
+    load_events,
+    memory_under_load,
+    peaks,
+    read_samples,
+    timeline,
+)
+from servelab.observe.attribution import (
+    OllamaVramCheck,
+    PidMap,
+    container_pids,
+    ollama_cross_check,
+    ollama_vram_mib,
+    pids_from_docker_top,
+)
+from servelab.observe.energy import energy_per_deployment
+from servelab.observe.nvml import FreeMemory, NvmlReader, free_device_mib, nvml_available
+from servelab.observe.sampler import MemorySampler, next_tick
+
+__all__ = [
+    "DEVICE",
+    "NO_PROCESS",
+    "UNATTRIBUTED",
+    "FreeMemory",
+    "MemorySampler",
+    "NvmlReader",
+    "OllamaVramCheck",
+    "PidMap",
+    "attribution_gap",
+    "baseline_used_mib",
+    "container_pids",
+    "deployment_memory",
+    "energy_per_deployment",
+    "free_device_mib",
+    "idle_footprint",
+    "load_events",
+    "memory_under_load",
+    "next_tick",
+    "nvml_available",
+    "ollama_cross_check",
+    "ollama_vram_mib",
+    "peaks",
+    "pids_from_docker_top",
+    "read_samples",
+    "timeline",
+]

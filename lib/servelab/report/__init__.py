@@ -1,0 +1,1 @@
+"""Report: the stakeholder tables and the HTML report."""

@@ -1,0 +1,250 @@
+"""A docker compose file generated from params: one service per deployment, one profile per framework.
+
+Each adapter writes its own service (`EngineAdapter.compose_service`); this module adds what is the same for
+all of them: the profile, plain and secret environment, the start chain (`depends_on: service_healthy`,
+smallest first within a framework), the named volumes, and the checks that keep the file safe to commit:
+pinned image tags, loopback-only ports, and secrets only as `${NAME}` references.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from servelab.serve.engines.base import adapter_for
+from servelab.errors import ParamsError
+from servelab.serve.models import SHAPE_FRAMEWORKS, model_size_billion, prepare_shape, shape_of
+from servelab.params import Deployment, Params, params_stem
+
+logger = logging.getLogger(__name__)
+
+MODEL_CACHE_VOLUME = "model-cache"
+SHAPES_DIR = "shapes"
+"""Shape folders live in `<compose dir>/shapes/<shape>` and are mounted read-only at /shapes/<shape>."""
+SHAPES_IN_CONTAINER = "/shapes"
+FIRST_HOST_PORT = 8001
+GPU_RESERVATION = {"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}
+SERVICE_KEY_ORDER = (
+    "profiles", "image", "entrypoint", "command", "environment", "ports", "volumes", "ipc", "shm_size",
+    "deploy", "healthcheck", "depends_on", "restart",
+)
+
+
+# ----------------------------------------------------------------------------------------------- for adapters
+def gpu_service(deployment: Deployment, image: str, host_port: int, container_port: int) -> dict[str, Any]:
+    """The parts every GPU server shares: image, loopback port, model cache (+ shape folder), GPU reservation."""
+    volumes = [f"{MODEL_CACHE_VOLUME}:/root/.cache"]
+    if deployment.shape is not None:
+        name = shape_of(deployment).name
+        volumes.append(f"./{SHAPES_DIR}/{name}:{SHAPES_IN_CONTAINER}/{name}:ro")
+    return {
+        "image": image,
+        "ports": [f"127.0.0.1:{host_port}:{container_port}"],
+        "volumes": volumes,
+        "shm_size": "8gb",
+        "deploy": {"resources": {"reservations": {"devices": [copy.deepcopy(GPU_RESERVATION)]}}},
+    }
+
+
+def container_model(deployment: Deployment) -> str:
+    """What a containerised server loads: the mounted shape folder, or the model id as written."""
+    if deployment.shape is not None:
+        return f"{SHAPES_IN_CONTAINER}/{shape_of(deployment).name}"
+    return deployment.model
+
+
+def healthcheck(deployment: Deployment, test: list[str]) -> dict[str, Any]:
+    """Probe every 5 s; failures during the deployment's startup_timeout_s do not count."""
+    return {
+        "test": test,
+        "interval": "5s",
+        "timeout": "3s",
+        "retries": 3,
+        "start_period": f"{math.ceil(deployment.startup_timeout_s)}s",
+    }
+
+
+def http_healthcheck(deployment: Deployment, container_port: int, path: str) -> dict[str, Any]:
+    """A GET from inside the container with the image's own python3 (no curl needed)."""
+    url = f"http://127.0.0.1:{container_port}{path}"
+    probe = f"import urllib.request; urllib.request.urlopen({url!r}, timeout=3)"
+    return healthcheck(deployment, ["CMD", "python3", "-c", probe])
+
+
+# ----------------------------------------------------------------------------------------------- checks
+_DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
+
+
+def check_image_pinned(image: str, where: str) -> None:
+    """Refuse an image with no tag, or tagged `latest`: the compose file must rebuild the same servers."""
+    if _DIGEST.search(image):
+        return
+    last = image.rsplit("/", 1)[-1]
+    tag = last.split(":", 1)[1] if ":" in last else ""
+    if not tag:
+        raise ParamsError(f"{where} = {image!r} has no tag; pin a version, for example {image}:<version>")
+    if tag == "latest":
+        raise ParamsError(f"{where} = {image!r} floats with each release; pin a version tag instead of 'latest'")
+
+
+def _check(deployment: Deployment, index: int) -> None:
+    check_image_pinned(deployment.engine.image, f"deployments[{index}].engine.image")
+    if deployment.shape is not None and deployment.engine.kind not in SHAPE_FRAMEWORKS:
+        shape_of(deployment)
+
+
+def memory_fraction(deployment: Deployment) -> float | None:
+    """The share of the GPU the server claims (vLLM gpu_memory_utilization, SGLang mem_fraction_static)."""
+    for name in ("gpu_memory_utilization", "mem_fraction_static"):
+        value = getattr(deployment.engine, name, None)
+        if value is not None:
+            return float(value)
+    return None
+
+
+def start_order(deployments: list[Deployment]) -> list[Deployment]:
+    """Smallest first: by memory fraction, then model size in parameters, then the order in the params."""
+    def key(item: tuple[int, Deployment]) -> tuple[float, float, int]:
+        index, deployment = item
+        fraction = memory_fraction(deployment)
+        size = model_size_billion(deployment)
+        return (math.inf if fraction is None else fraction, math.inf if size is None else size, index)
+
+    return [deployment for _, deployment in sorted(enumerate(deployments), key=key)]
+
+
+def host_ports(params: Params) -> dict[str, int]:
+    """Each deployment's loopback port: its own, else the next free one from 8001 in params order."""
+    taken = {d.port for d in params.deployments if d.port is not None}
+    ports: dict[str, int] = {}
+    candidate = FIRST_HOST_PORT
+    for deployment in params.deployments:
+        if deployment.port is not None:
+            ports[deployment.name] = deployment.port
+            continue
+        while candidate in taken:
+            candidate += 1
+        ports[deployment.name] = candidate
+        taken.add(candidate)
+    return ports
+
+
+def project_name(params: Params) -> str:
+    return re.sub(r"[^a-z0-9_-]", "-", params.name)
+
+
+# ----------------------------------------------------------------------------------------------- document
+def _escape(text: str) -> str:
+    """Compose interpolates `$`; a literal one is written `$$`."""
+    return text.replace("$", "$$")
+
+
+def _environment(service: dict[str, Any], deployment: Deployment) -> dict[str, str]:
+    environment = {key: _escape(str(value)) for key, value in service.get("environment", {}).items()}
+    environment.update({key: _escape(value) for key, value in deployment.env.items()})
+    environment.update({name: "${" + name + "}" for name in deployment.secret_env})
+    return environment
+
+
+def _named_volumes(services: dict[str, dict[str, Any]]) -> list[str]:
+    names = set()
+    for service in services.values():
+        for volume in service.get("volumes", []):
+            source = volume.split(":", 1)[0]
+            if source and not source.startswith((".", "/", "~", "$")):
+                names.add(source)
+    return sorted(names)
+
+
+def compose_document(params: Params) -> dict[str, Any]:
+    """The compose file as a dict: a profile per framework, each started smallest first; nothing is written."""
+    for index, deployment in enumerate(params.deployments):
+        _check(deployment, index)
+    ports = host_ports(params)
+    frameworks = list(dict.fromkeys(d.engine.kind for d in params.deployments))
+    services: dict[str, dict[str, Any]] = {}
+    for framework in frameworks:
+        group = start_order([d for d in params.deployments if d.engine.kind == framework])
+        fractions = [f for f in map(memory_fraction, group) if f is not None]
+        if sum(fractions) > 1.0:
+            logger.warning("%s: memory fractions add up to %.2f > 1; the profile cannot co-locate", framework, sum(fractions))
+        previous: str | None = None
+        for deployment in group:
+            service = adapter_for(deployment).compose_service(deployment, ports[deployment.name])
+            service["profiles"] = [framework]
+            for key in ("entrypoint", "command"):
+                if key in service:
+                    service[key] = [_escape(str(part)) for part in service[key]]
+            environment = _environment(service, deployment)
+            if environment:
+                service["environment"] = environment
+            if previous is not None:
+                service["depends_on"] = {previous: {"condition": "service_healthy"}}
+            service.setdefault("restart", "no")
+            ordered = {key: service[key] for key in SERVICE_KEY_ORDER if key in service}
+            services[deployment.name] = ordered | {k: v for k, v in service.items() if k not in ordered}
+            previous = deployment.name
+    document: dict[str, Any] = {"name": project_name(params), "services": services}
+    volumes = _named_volumes(services)
+    if volumes:
+        document["volumes"] = {name: {} for name in volumes}
+    return document
+
+
+class _ComposeDumper(yaml.SafeDumper):
+    """Block style for mappings, one-line lists of scalars (argv reads as a command), no YAML anchors."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def _represent_list(dumper: yaml.SafeDumper, data: list[Any]) -> yaml.Node:
+    flow = all(isinstance(item, (str, int, float, bool)) for item in data)
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow)
+
+
+_ComposeDumper.add_representer(list, _represent_list)
+
+
+def _shown_path(params_path: str | Path) -> str:
+    path = Path(params_path)
+    if path.is_absolute():
+        try:
+            path = path.relative_to(Path.cwd())
+        except ValueError:
+            return path.name
+    return path.as_posix()
+
+
+def render_compose(params: Params, params_path: str | Path) -> str:
+    """The compose file's text: a do-not-edit header naming `params_path`, then the document as YAML."""
+    source = _shown_path(params_path)
+    frameworks = list(dict.fromkeys(d.engine.kind for d in params.deployments))
+    header = [
+        f"# Generated by servelab.serve.compose from {source}; do not edit. Regenerate: servelab compose {source}",
+        "# One profile per framework, started smallest first; see compose/README.md. For example:",
+        f"#   docker compose -f compose/{params_stem(params_path)}.yaml --profile {frameworks[0]} up -d",
+    ]
+    body = yaml.dump(
+        compose_document(params), Dumper=_ComposeDumper, sort_keys=False, allow_unicode=True, width=10_000
+    )
+    return "\n".join(header) + "\n" + body
+
+
+def write_compose(params: Params, params_path: str | Path, out_dir: Path = Path("compose")) -> Path:
+    """Write `out_dir/<params stem>.yaml` (and the shape folders it mounts); returns the file's path."""
+    out_dir = Path(out_dir)
+    text = render_compose(params, params_path)
+    for deployment in params.deployments:
+        if deployment.shape is not None:
+            prepare_shape(deployment, out_dir / SHAPES_DIR)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / f"{params_stem(params_path)}.yaml"
+    target.write_text(text, encoding="utf-8")
+    return target

