@@ -43,12 +43,18 @@ import numpy as np
 from servelab import aio
 from servelab.analyse import metrics
 from servelab.checks.agreement import vllm_bench_args, vllm_bench_command
-from servelab.checks.calibrate import Deviation, is_sustained, request_lifetime_s, running_emitter, true_latencies
-from servelab.measure.clients import Target
+from servelab.checks.calibrate import (
+    Deviation,
+    is_sustained,
+    request_lifetime_s,
+    running_emitter,
+    true_latencies,
+)
 from servelab.clock import now_ns
+from servelab.measure.clients import Target
 from servelab.measure.load import ensure_file_descriptors, make_client, run_point
-from servelab.params import ConcurrencyLoad, Sweep
 from servelab.measure.prompts import Prompt
+from servelab.params import ConcurrencyLoad, Sweep
 
 TTFT_MS, ITL_MS = 20.0, 5.0
 RAMP_UP_S = 0.1

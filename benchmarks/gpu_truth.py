@@ -15,13 +15,13 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+from servelab.analyse.frames import summary_frame
 from servelab.checks.agreement import MODES, compare_with_vllm_bench
-from servelab.serve.deploy import stop_on_signals
 from servelab.errors import VllmBenchError
 from servelab.report.html import export_report, write_index
 from servelab.run import NOTEBOOKS, execute_notebook
+from servelab.serve.deploy import stop_on_signals
 from servelab.session import lab, open_run
-from servelab.analyse.frames import summary_frame
 
 
 def main() -> int:

@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 from servelab.checks.calibrate import running_emitter
 from servelab.clock import now_ns
-from servelab.serve.deploy import Fleet, RunningServer
+from servelab.measure.sweep import run_sweep
 from servelab.params import parse_params
 from servelab.records import latest_points, read_requests
-from servelab.measure.sweep import run_sweep
+from servelab.serve.deploy import Fleet, RunningServer
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,8 +6,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from servelab.serve.deploy import Fleet, RunningServer, deploy
 from servelab.params import Params, parse_params
+from servelab.serve.deploy import Fleet, RunningServer, deploy
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -44,8 +44,8 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _compose(args: argparse.Namespace) -> int:
-    from servelab.serve.compose import write_compose
     from servelab.params import load_params
+    from servelab.serve.compose import write_compose
 
     written = write_compose(load_params(args.params), Path(args.params), Path(args.out))
     print(written)

@@ -15,45 +15,14 @@ import psutil
 
 from servelab.clock import wall_anchor
 from servelab.errors import OutputsError
-from servelab.params import SECRET_KEY, Params
+from servelab.params import Params
 from servelab.records import MANIFEST_FILE, SCHEMA_VERSION
+from servelab.secrets import redact
 
 PACKAGES = (
     "servelab", "httpx", "pandas", "numpy", "pydantic", "papermill", "nbconvert", "nbclient", "jupyterlab",
     "ipykernel", "matplotlib", "seaborn", "nvidia-ml-py", "psutil", "tqdm", "uvloop", "vllm", "sglang", "torch",
 )
-REDACTED = "***redacted***"
-
-
-def secret_values() -> list[str]:
-    """Values of environment variables whose names look secret (HF_TOKEN, OPENAI_API_KEY, ...), longest first."""
-    values = [value for name, value in os.environ.items() if SECRET_KEY.search(name) and len(value) >= 8]
-    return sorted(set(values), key=len, reverse=True)
-
-
-def redact(text: str, secrets: list[str] | None = None) -> str:
-    """Replace every secret value of the environment found in `text`."""
-    for value in secrets if secrets is not None else secret_values():
-        text = text.replace(value, REDACTED)
-    return text
-
-
-def redact_file(path: Path, secrets: list[str] | None = None) -> bool:
-    """Rewrite `path` (an engine log, an executed notebook) with every secret value of the environment replaced;
-    True when it held one. Engines write their own logs, so this is how a key they print is taken out."""
-    values = secrets if secrets is not None else secret_values()
-    try:
-        text = path.read_bytes().decode("utf-8", errors="surrogateescape")
-    except OSError:
-        return False
-    if not any(value in text for value in values):
-        return False
-    temporary = path.with_name(path.name + ".redacting")
-    temporary.write_bytes(redact(text, values).encode("utf-8", errors="surrogateescape"))
-    os.replace(temporary, path)
-    return True
-
-
 def package_versions() -> dict[str, str]:
     versions = {}
     for name in PACKAGES:

@@ -14,15 +14,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from servelab.errors import ParamsError
+from servelab.secrets import SECRET_KEY, SECRET_VALUE, redact
 
 LANGUAGES = ("en", "ko", "zh", "ja", "es")
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,47}$"
-SECRET_KEY = re.compile(r"TOKEN|KEY|SECRET|PASSWORD|CREDENTIAL", re.IGNORECASE)
-"""Names of settings and environment variables that hold secrets: refused in params, redacted in outputs."""
-SECRET_VALUE = re.compile(
-    r"hf_[A-Za-z0-9]{30,}|sk-(?:proj-)?[A-Za-z0-9_-]{30,}|(?:AKIA|ASIA)[0-9A-Z]{16}|-----BEGIN [A-Z ]*PRIVATE KEY-----"
-)
-"""Values shaped like API keys (Hugging Face, OpenAI, AWS) or private keys: never welcome in a params file."""
 MAX_LOAD_POINTS = 10_000
 """Load points one params file may ask for; each takes seconds at least, so more is a typo, not a plan."""
 
@@ -257,7 +252,6 @@ def _masked(value: Any) -> Any:
 
 def format_validation_error(error: ValidationError, source: str) -> str:
     """One line per problem: file, key path, bad value (secrets masked), and what is allowed."""
-    from servelab.manifest import redact
 
     problems = error.errors()
     lines = [f"{source}: {len(problems)} problem(s) in the params"]

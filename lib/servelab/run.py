@@ -16,15 +16,16 @@ from pathlib import Path
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 from tqdm.auto import tqdm
 
-from servelab.serve.deploy import stop_on_signals
 from servelab.errors import OutputsError, ServelabError
+from servelab.manifest import read_manifest
 from servelab.measure.load import ensure_file_descriptors
-from servelab.manifest import read_manifest, redact_file
+from servelab.measure.sweep import connections_needed, estimate_seconds, plan_points
 from servelab.params import Params, load_params
 from servelab.records import MANIFEST_FILE, POINTS_FILE, latest_points
 from servelab.report.html import export_report, write_index
+from servelab.secrets import redact_file
+from servelab.serve.deploy import stop_on_signals
 from servelab.session import REPO, create_run, lab
-from servelab.measure.sweep import connections_needed, estimate_seconds, plan_points
 
 log = logging.getLogger(__name__)
 

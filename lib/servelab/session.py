@@ -14,13 +14,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from servelab.serve import deploy as deployment_module
 from servelab.checks.calibrate import record_calibration
-from servelab.serve.deploy import Fleet, RunningServer
 from servelab.errors import OutputsError
 from servelab.manifest import build_manifest, read_manifest, update_manifest, write_manifest
 from servelab.params import Params, load_params, params_stem
 from servelab.records import MANIFEST_FILE
+from servelab.serve import deploy as deployment_module
+from servelab.serve.deploy import Fleet, RunningServer
 
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[2]

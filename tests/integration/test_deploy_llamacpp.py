@@ -15,8 +15,8 @@ import httpx
 import psutil
 import pytest
 from conftest import embedded_params
-from servelab.serve.deploy import attach, deploy, port_is_free
 from servelab.errors import DeployError, EngineError
+from servelab.serve.deploy import attach, deploy, port_is_free
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -10,17 +10,17 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from servelab.observe import counters as engine_metrics
+from servelab.analyse.metrics import duration_s, output_tokens_per_s, summarize
 from servelab.checks.agreement import wait_for_requests
-from servelab.measure.clients import Target, make_client, send
 from servelab.clock import now_ns
 from servelab.errors import VllmBenchError
+from servelab.measure.clients import Target, make_client, send
 from servelab.measure.load import run_point
-from servelab.analyse.metrics import duration_s, output_tokens_per_s, summarize
-from servelab.params import ConcurrencyLoad, RateLoad, Sweep
 from servelab.measure.prompts import Prompt, build_prompts
-from servelab.records import RequestRecord
 from servelab.measure.tokens import ServerTokenizer, flag_token_counts
+from servelab.observe import counters as engine_metrics
+from servelab.params import ConcurrencyLoad, RateLoad, Sweep
+from servelab.records import RequestRecord
 
 pytestmark = pytest.mark.engine
 

@@ -11,12 +11,12 @@ import httpx
 import psutil
 import pytest
 from conftest import embedded_params
-from servelab.serve.deploy import deploy
-from servelab.serve.engines.llamacpp import embedded_gguf
 from servelab.observe import MemorySampler, PidMap, idle_footprint, load_events, read_samples
 from servelab.params import parse_params
-from servelab.serve.planner import predict
 from servelab.records import GPU_FILE, HOST_MEMORY_FILE
+from servelab.serve.deploy import deploy
+from servelab.serve.engines.llamacpp import embedded_gguf
+from servelab.serve.planner import predict
 
 pytestmark = pytest.mark.engine
 

@@ -22,9 +22,9 @@ from typing import Any
 
 import yaml
 from servelab.clock import now_ns
-from servelab.serve.deploy import Fleet, RunningServer, stop_child
 from servelab.params import Params, parse_params
 from servelab.records import POINTS_FILE, REQUESTS_FILE, latest_points, read_jsonl
+from servelab.serve.deploy import Fleet, RunningServer, stop_child
 
 REPO = Path(__file__).resolve().parents[2]
 EMITTER = REPO / "tools" / "emitter" / "emitter.py"

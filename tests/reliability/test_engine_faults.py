@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 from conftest import embedded_params
 from fault_harness import check_nothing_lost, lines
-from servelab.serve.deploy import deploy
 from servelab.errors import EngineError
+from servelab.measure.sweep import run_sweep
 from servelab.params import Params, Policy
 from servelab.records import POINTS_FILE, REQUESTS_FILE, latest_points, read_jsonl, read_requests
-from servelab.measure.sweep import run_sweep
+from servelab.serve.deploy import deploy
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 

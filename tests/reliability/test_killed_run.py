@@ -21,9 +21,9 @@ import pytest
 import yaml
 from fault_harness import PYTHON, REPO, check_nothing_lost, lines, wait_for
 from fixtures_run import write_params
-from servelab.serve.engines.llamacpp import default_binary
-from servelab.manifest import REDACTED
 from servelab.records import POINTS_FILE, REQUESTS_FILE, latest_points, read_jsonl
+from servelab.secrets import REDACTED
+from servelab.serve.engines.llamacpp import default_binary
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 TOKEN_ALPHABET = string.ascii_letters + string.digits

@@ -11,8 +11,8 @@ import textwrap
 import pytest
 from fault_harness import PYTHON, REPO, check_nothing_lost, emitter, fleet_at, sweep_params, write_yaml
 from servelab import records
-from servelab.records import POINTS_FILE, REQUESTS_FILE, latest_points, read_jsonl
 from servelab.measure.sweep import run_sweep
+from servelab.records import POINTS_FILE, REQUESTS_FILE, latest_points, read_jsonl
 
 pytestmark = pytest.mark.slow
 

@@ -19,9 +19,9 @@ from conftest import embedded_params
 from fault_harness import check_nothing_lost, lines, wait_for, write_yaml
 from servelab import observe as gpu
 from servelab.manifest import read_manifest
+from servelab.measure.sweep import run_sweep
 from servelab.records import GPU_FILE, HOST_MEMORY_FILE, REQUESTS_FILE, latest_points
 from servelab.session import lab, open_run
-from servelab.measure.sweep import run_sweep
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 MIB = 2**20

@@ -27,8 +27,8 @@ from fault_harness import (
 )
 from servelab.cli import main
 from servelab.errors import OutputsError
-from servelab.records import REQUESTS_FILE, JsonlWriter, latest_points
 from servelab.measure.sweep import run_sweep
+from servelab.records import REQUESTS_FILE, JsonlWriter, latest_points
 
 pytestmark = pytest.mark.slow
 

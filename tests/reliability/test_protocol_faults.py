@@ -10,8 +10,8 @@ from __future__ import annotations
 import httpx
 import pytest
 from fault_harness import check_nothing_lost, emitter, faultproxy, fleet_at, sweep_params
-from servelab.records import latest_points, read_requests
 from servelab.measure.sweep import run_sweep
+from servelab.records import latest_points, read_requests
 
 pytestmark = pytest.mark.slow
 

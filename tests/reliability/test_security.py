@@ -15,9 +15,10 @@ import json
 import pytest
 from fault_harness import REPO
 from servelab.cli import main
-from servelab.serve.compose import check_image_pinned
-from servelab.manifest import REDACTED, redact_file, update_manifest, write_manifest
+from servelab.manifest import update_manifest, write_manifest
 from servelab.params import FRAMEWORKS, Deployment
+from servelab.secrets import REDACTED, redact_file
+from servelab.serve.compose import check_image_pinned
 
 SHELL_RUNNERS = {
     ("os", "system"), ("os", "popen"), ("os", "spawnl"), ("os", "spawnlp"), ("os", "spawnv"), ("os", "spawnvp"),

@@ -13,7 +13,6 @@ import pandas as pd
 import pytest
 from fixtures_records import make_record
 from servelab.analyse import plots
-from servelab.report import tables as report_tables
 from servelab.checks.agreement import (
     AGREEMENT_TURNS_FILE,
     AgreementTurn,
@@ -25,11 +24,12 @@ from servelab.checks.agreement import (
     over_engine,
     read_agreement_turns,
 )
-from servelab.serve.deploy import RunningServer
-from servelab.observe.counters import CounterSnapshot, engine_tpot_ms, engine_ttft_ms
 from servelab.errors import VllmBenchError
+from servelab.observe.counters import CounterSnapshot, engine_tpot_ms, engine_ttft_ms
 from servelab.params import ConcurrencyLoad, Sweep
 from servelab.records import RequestRecord
+from servelab.report import tables as report_tables
+from servelab.serve.deploy import RunningServer
 
 TURNS = Path(__file__).parents[1] / "data" / "recorded" / "h200-agreement-turns.csv"
 

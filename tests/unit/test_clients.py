@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 from servelab.measure.clients import Target, make_client, request_body, send
-from servelab.params import Deployment, LlamaCppEngine
 from servelab.measure.prompts import Prompt
-from servelab.records import ERROR_CLASSES, RequestRecord
 from servelab.measure.tokens import JsonTokenizer
+from servelab.params import Deployment, LlamaCppEngine
+from servelab.records import ERROR_CLASSES, RequestRecord
 
 RECORDED = Path(__file__).parents[1] / "data" / "recorded"
 PROMPT = Prompt("The capital of France is", "en", 6)

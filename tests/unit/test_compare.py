@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from servelab.cli import main
-from servelab.checks.compare import compare_runs, read_summary, run_labels
-from servelab.errors import ServelabError
-from servelab.checks.interop import export_vllm_bench
 from servelab.analyse.metrics import summarize
+from servelab.checks.compare import compare_runs, read_summary, run_labels
+from servelab.checks.interop import export_vllm_bench
+from servelab.cli import main
+from servelab.errors import ServelabError
 from servelab.records import POINTS_FILE, REQUESTS_FILE, SUMMARY_FILE, PointRecord, RequestRecord, to_dict
 
 GUIDELLM_SAMPLE = Path(__file__).parents[1] / "data" / "interop" / "guidellm_report_sample.json"

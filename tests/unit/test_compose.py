@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 import yaml
+from servelab.errors import ParamsError
+from servelab.params import Params, load_params, parse_params
 from servelab.serve.compose import (
     check_image_pinned,
     compose_document,
@@ -20,8 +22,6 @@ from servelab.serve.compose import (
     start_order,
     write_compose,
 )
-from servelab.errors import ParamsError
-from servelab.params import Params, load_params, parse_params
 
 REPO = Path(__file__).resolve().parents[2]
 SEED = REPO / "params" / "seed-rtx5090.yaml"

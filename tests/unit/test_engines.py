@@ -9,10 +9,10 @@ from typing import Any
 
 import httpx
 import pytest
-from servelab.serve.engines import ENGINES, adapter_for
-from servelab.serve.engines.ollama import OllamaAdapter, keep_alive_value
 from servelab.errors import EngineError, ParamsError
 from servelab.params import Deployment
+from servelab.serve.engines import ENGINES, adapter_for
+from servelab.serve.engines.ollama import OllamaAdapter, keep_alive_value
 
 SHELL_MARKERS = ("sh", "bash", "/bin/sh", "/bin/bash", "cmd", "powershell")
 

@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 import yaml
 from fixtures_records import make_record
-from servelab.errors import ServelabError
-from servelab.checks.interop import IMPORTED_COLUMNS, export_vllm_bench, import_results, vllm_bench_result
 from servelab.analyse.metrics import ID_COLUMNS, summarize
+from servelab.checks.interop import IMPORTED_COLUMNS, export_vllm_bench, import_results, vllm_bench_result
+from servelab.errors import ServelabError
 from servelab.records import (
     MANIFEST_FILE,
     POINTS_FILE,

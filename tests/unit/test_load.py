@@ -15,8 +15,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from itertools import pairwise
 
 import pytest
-from servelab.measure.clients import Target
+from servelab.analyse.metrics import Slo
 from servelab.clock import now_ns
+from servelab.measure.clients import Target
 from servelab.measure.load import (
     LAG_LIMIT_MS,
     arrival_offsets_ns,
@@ -27,9 +28,8 @@ from servelab.measure.load import (
     schedule_lag_limit_ms,
     sleep_until,
 )
-from servelab.analyse.metrics import Slo
-from servelab.params import ConcurrencyLoad, RateLoad, Sweep
 from servelab.measure.prompts import Prompt
+from servelab.params import ConcurrencyLoad, RateLoad, Sweep
 from servelab.records import RequestRecord
 
 PROMPTS = [Prompt(f"prompt {i}", "en", 2) for i in range(8)]

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from servelab.analyse import memory_tables as memory_report
-from servelab.report import tables as report_tables
 from servelab.analyse import frames as tables
+from servelab.analyse import memory_tables as memory_report
 from servelab.notebook import recorded
+from servelab.report import tables as report_tables
 
 RUN = Path(__file__).parents[1] / "data" / "recorded" / "h200-sglang-run"
 

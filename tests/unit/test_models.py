@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from servelab.serve import models
 from servelab.errors import ParamsError
-from servelab.serve.models import SHAPES, is_shape_only, model_size_billion, prepare_shape, resolve_shape
 from servelab.params import Deployment
+from servelab.serve import models
+from servelab.serve.models import SHAPES, is_shape_only, model_size_billion, prepare_shape, resolve_shape
 from tokenizers import Tokenizer
 
 TEXTS = {

@@ -6,8 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from servelab.serve.engines.llamacpp import embedded_gguf
 from servelab.params import Deployment, Params, parse_params
+from servelab.serve.engines.llamacpp import embedded_gguf
 from servelab.serve.planner import (
     VLLM_CUDA_CONTEXT_MIB,
     format_plan,

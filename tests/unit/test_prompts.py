@@ -7,7 +7,6 @@ import re
 
 import pytest
 from servelab.errors import ParamsError
-from servelab.params import LANGUAGES, ConcurrencyLoad, Sweep
 from servelab.measure.prompts import (
     CHARS_PER_TOKEN,
     SHIPPED_LANGUAGES,
@@ -19,6 +18,7 @@ from servelab.measure.prompts import (
     trim_to_tokens,
 )
 from servelab.measure.tokens import JsonTokenizer
+from servelab.params import LANGUAGES, ConcurrencyLoad, Sweep
 
 SCRIPTS = {
     "ko": re.compile(r"[\uac00-\ud7a3]"),

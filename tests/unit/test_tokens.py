@@ -8,7 +8,6 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from servelab.records import RequestRecord
 from servelab.measure.tokens import (
     FLAG_COLUMNS,
     JsonTokenizer,
@@ -17,6 +16,7 @@ from servelab.measure.tokens import (
     output_tokens,
     summarize_token_flags,
 )
+from servelab.records import RequestRecord
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from servelab.analyse.metrics import percent_off
 from servelab.observe import (
     DEVICE,
     attribution_gap,
@@ -13,7 +14,6 @@ from servelab.observe import (
     memory_under_load,
     peaks,
 )
-from servelab.analyse.metrics import percent_off
 from servelab.params import Params, VllmEngine
 from servelab.serve.planner import plan, seed_formula_mib
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from servelab.records import PointRecord, RequestRecord
 from servelab.measure.tokens import output_tokens
+from servelab.records import PointRecord, RequestRecord
 
 NS_PER_MS = 1_000_000
 NS_PER_S = 1_000_000_000

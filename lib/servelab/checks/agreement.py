@@ -25,16 +25,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from servelab.observe import counters as engine_metrics
-from servelab.analyse import metrics
 from servelab.aio import run_sync
-from servelab.serve.deploy import RunningServer, stop_child
+from servelab.analyse import metrics
 from servelab.errors import VllmBenchError
 from servelab.measure.load import make_client, run_point
-from servelab.params import Sweep
-from servelab.records import JsonlWriter, RequestRecord
 from servelab.measure.sweep import prompt_tokenizers, prompts_for, target_for
 from servelab.measure.tokens import JsonTokenizer, ServerTokenizer
+from servelab.observe import counters as engine_metrics
+from servelab.params import Sweep
+from servelab.records import JsonlWriter, RequestRecord
+from servelab.serve.deploy import RunningServer, stop_child
 
 log = logging.getLogger(__name__)
 AGREEMENT_FILE = "agreement.csv"

@@ -39,13 +39,13 @@ from tqdm.auto import tqdm
 
 from servelab import aio
 from servelab.analyse import metrics
-from servelab.measure.clients import Target
-from servelab.serve.deploy import stop_child
 from servelab.errors import ServelabError
+from servelab.measure.clients import Target
 from servelab.measure.load import PointOutcome, ensure_file_descriptors, make_client, run_point
-from servelab.params import ConcurrencyLoad, RateLoad, Sweep
 from servelab.measure.prompts import Prompt
+from servelab.params import ConcurrencyLoad, RateLoad, Sweep
 from servelab.records import RequestRecord
+from servelab.serve.deploy import stop_child
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from servelab.errors import ServelabError
 from servelab.checks.interop import import_results
+from servelab.errors import ServelabError
 from servelab.records import MANIFEST_FILE, REQUESTS_FILE, SUMMARY_FILE
 
 IDENTITY_COLUMNS = ["deployment", "framework", "model", "language", "load_kind", "load_value", "interference"]

@@ -33,8 +33,9 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from servelab.errors import ServelabError
 from servelab.analyse.metrics import DISTRIBUTION_STATS, SUMMARY_COLUMNS, distribution, duration_s
+from servelab.errors import ServelabError
+from servelab.measure.tokens import output_tokens
 from servelab.records import (
     MANIFEST_FILE,
     REQUESTS_FILE,
@@ -43,7 +44,6 @@ from servelab.records import (
     latest_points,
     read_requests,
 )
-from servelab.measure.tokens import output_tokens
 
 IMPORTED_COLUMNS = SUMMARY_COLUMNS + ["source"]
 VLLM_PERCENTILES = (50.0, 90.0, 95.0, 99.0, 99.9)

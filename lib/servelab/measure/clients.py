@@ -33,8 +33,8 @@ from servelab.measure.http11 import (
 from servelab.records import RequestRecord
 
 if TYPE_CHECKING:
-    from servelab.params import Deployment
     from servelab.measure.prompts import Prompt
+    from servelab.params import Deployment
 
 Api = Literal["completions", "chat"]
 ApiFlavour = Literal["openai", "ollama"]

@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from servelab.analyse import metrics
-from servelab.measure.clients import Target, TokenCounter, make_client, send
 from servelab.clock import now_ns
 from servelab.errors import ClientCapacityError
+from servelab.measure.clients import Target, TokenCounter, make_client, send
 from servelab.measure.http11 import StreamClient
-from servelab.params import ConcurrencyLoad, LoadParams, RateLoad, Sweep
 from servelab.measure.prompts import Prompt
+from servelab.params import ConcurrencyLoad, LoadParams, RateLoad, Sweep
 from servelab.records import RequestRecord
 
 __all__ = [

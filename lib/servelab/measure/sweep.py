@@ -21,15 +21,15 @@ import httpx
 import pandas as pd
 from tqdm.auto import tqdm
 
-from servelab.measure import load as load_module
-from servelab.analyse import metrics
 from servelab.aio import run_sync
-from servelab.measure.clients import Target
+from servelab.analyse import metrics
 from servelab.clock import now_ns
-from servelab.serve.deploy import Fleet, RunningServer
 from servelab.errors import EngineError, OutputsError
-from servelab.params import ConcurrencyLoad, Params, Sweep
+from servelab.measure import load as load_module
+from servelab.measure.clients import Target
 from servelab.measure.prompts import Prompt, build_prompts
+from servelab.measure.tokens import JsonTokenizer, ServerTokenizer, local_tokenizer
+from servelab.params import ConcurrencyLoad, Params, Sweep
 from servelab.records import (
     POINTS_FILE,
     REQUESTS_FILE,
@@ -42,7 +42,7 @@ from servelab.records import (
     read_requests,
     rewrite_jsonl,
 )
-from servelab.measure.tokens import JsonTokenizer, ServerTokenizer, local_tokenizer
+from servelab.serve.deploy import Fleet, RunningServer
 
 log = logging.getLogger(__name__)
 FINISHED = ("done", "failed")

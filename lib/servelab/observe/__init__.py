@@ -3,6 +3,15 @@ analyse the samples: idle, under load, peak, load/unload events, the attribution
 Methods: docs/memory.md.
 """
 
+from servelab.observe.attribution import (
+    OllamaVramCheck,
+    PidMap,
+    container_pids,
+    ollama_cross_check,
+    ollama_vram_mib,
+    pids_from_docker_top,
+)
+from servelab.observe.energy import energy_per_deployment
 from servelab.observe.memory import (
     DEVICE,
     NO_PROCESS,
@@ -17,15 +26,6 @@ from servelab.observe.memory import (
     read_samples,
     timeline,
 )
-from servelab.observe.attribution import (
-    OllamaVramCheck,
-    PidMap,
-    container_pids,
-    ollama_cross_check,
-    ollama_vram_mib,
-    pids_from_docker_top,
-)
-from servelab.observe.energy import energy_per_deployment
 from servelab.observe.nvml import FreeMemory, NvmlReader, free_device_mib, nvml_available
 from servelab.observe.sampler import MemorySampler, next_tick
 

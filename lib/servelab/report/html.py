@@ -8,8 +8,8 @@ import re
 from pathlib import Path
 
 from servelab.errors import OutputsError
-from servelab.manifest import redact
 from servelab.records import MANIFEST_FILE
+from servelab.secrets import redact
 
 REPORT_FILE = "report.html"
 # nbconvert's page loads require.js and MathJax from a CDN; the report needs neither and must open offline.

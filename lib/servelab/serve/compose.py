@@ -17,10 +17,10 @@ from typing import Any
 
 import yaml
 
-from servelab.serve.engines.base import adapter_for
 from servelab.errors import ParamsError
-from servelab.serve.models import SHAPE_FRAMEWORKS, model_size_billion, prepare_shape, shape_of
 from servelab.params import Deployment, Params, params_stem
+from servelab.serve.engines.base import adapter_for
+from servelab.serve.models import SHAPE_FRAMEWORKS, model_size_billion, prepare_shape, shape_of
 
 logger = logging.getLogger(__name__)
 

@@ -26,10 +26,10 @@ import httpx
 import psutil
 
 from servelab.clock import now_ns
-from servelab.serve.engines import EngineAdapter, adapter_for
 from servelab.errors import DeployError, EngineError
-from servelab.manifest import redact_file
 from servelab.params import Deployment, Params
+from servelab.secrets import redact_file
+from servelab.serve.engines import EngineAdapter, adapter_for
 
 log = logging.getLogger(__name__)
 

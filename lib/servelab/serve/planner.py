@@ -91,8 +91,8 @@ def _model_shape(shape: Any) -> ModelShape:
 def shape_for(deployment: Deployment) -> ModelShape | None:
     """The shape of a deployment's model: its `shape`, else the servelab.serve.models shape whose name or checkpoint the
     model names ('Qwen/Qwen2.5-3B-Instruct', 'qwen2.5:3b'), else the embedded SmolLM2; None when unknown."""
-    from servelab.serve import models
     from servelab.errors import ParamsError
+    from servelab.serve import models
 
     if deployment.shape is not None:
         try:

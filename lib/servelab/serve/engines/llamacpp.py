@@ -11,9 +11,9 @@ from typing import Any
 
 import httpx
 
-from servelab.serve.engines.base import EngineAdapter, LaunchSpec, register
 from servelab.errors import DeployError
 from servelab.params import Deployment, LlamaCppEngine
+from servelab.serve.engines.base import EngineAdapter, LaunchSpec, register
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
 EMBEDDED_MODEL = "smollm2"

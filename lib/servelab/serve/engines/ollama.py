@@ -11,10 +11,10 @@ from typing import Any
 
 import httpx
 
-from servelab.serve.compose import gpu_service, healthcheck
-from servelab.serve.engines.base import EngineAdapter, LaunchSpec, register
 from servelab.errors import EngineError, ParamsError
 from servelab.params import Deployment, OllamaEngine
+from servelab.serve.compose import gpu_service, healthcheck
+from servelab.serve.engines.base import EngineAdapter, LaunchSpec, register
 
 logger = logging.getLogger(__name__)
 

@@ -6,9 +6,9 @@ from typing import Any
 
 import httpx
 
+from servelab.params import Deployment, SglangEngine
 from servelab.serve.compose import container_model, gpu_service, http_healthcheck
 from servelab.serve.engines.base import EngineAdapter, LaunchSpec, register
-from servelab.params import Deployment, SglangEngine
 
 SERVER_INFO_PATHS = ("/server_info", "/get_server_info")
 """Newer SGLang serves /server_info; older releases only /get_server_info. Both carry 'version'."""

@@ -6,9 +6,9 @@ from typing import Any
 
 import httpx
 
+from servelab.params import Deployment, VllmEngine
 from servelab.serve.compose import container_model, gpu_service, http_healthcheck
 from servelab.serve.engines.base import EngineAdapter, LaunchSpec, register
-from servelab.params import Deployment, VllmEngine
 
 
 def _engine(deployment: Deployment) -> VllmEngine:
