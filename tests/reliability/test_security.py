@@ -147,10 +147,10 @@ def test_every_default_engine_image_is_pinned(kind):
 
 
 def test_the_environment_is_read_only_where_it_is_meant_to_be():
-    """Expectation: os.environ / os.getenv appear only in manifest (finding secret values to redact), deploy
+    """Expectation: os.environ / os.getenv appear only in secrets (finding secret values to redact), deploy
     (handing the environment, keys included, to the engine process) and the llama.cpp adapter (SERVELAB_CACHE):
     keys pass from the environment to the engine and are never read into params, records or reports."""
-    allowed = {"manifest.py", "deploy.py", "llamacpp.py"}
+    allowed = {"secrets.py", "deploy.py", "llamacpp.py"}
     readers = []
     for path in sorted((REPO / "lib" / "servelab").rglob("*.py")):
         if path.name in allowed:
