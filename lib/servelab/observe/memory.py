@@ -4,11 +4,18 @@ A deployment's memory at a process listing is the sum over its processes; at a l
 is 0. Listings are the distinct `t_ns` of the process rows (the sampler writes a row with no pid when a listing
 found no process at all). Processes no deployment owns are summed as `UNATTRIBUTED`; the device's memory that
 no process accounts for is `NO_PROCESS`; the device itself is `DEVICE`. Methods: docs/memory.md.
+
+With several GPUs, `DEVICE` is every GPU together (used and total summed at each tick), and a deployment's memory
+is the sum over its processes on every GPU, so a model split over two GPUs counts both halves. The same tables
+for each GPU on its own come from `by_device` (`peaks_by_device`, `idle_by_device`). Files written before the
+sampler read every GPU hold one device, and read the same as before.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -33,8 +40,12 @@ def read_samples(path: str | Path) -> pd.DataFrame:
 
 
 def _device(samples: pd.DataFrame) -> pd.DataFrame:
-    rows = samples[samples["scope"] == "device"]
-    return rows.sort_values("t_ns", kind="stable").drop_duplicates("t_ns", keep="last").reset_index(drop=True)
+    """One device row per tick: the GPU's own, or with several GPUs their used and total memory summed."""
+    rows = samples[samples["scope"] == "device"].sort_values("t_ns", kind="stable")
+    rows = rows.drop_duplicates(["t_ns", "device_index"], keep="last")
+    if rows["device_index"].nunique() <= 1:
+        return rows.reset_index(drop=True)
+    return rows.groupby("t_ns", as_index=False).agg(used_mib=("used_mib", "sum"), total_mib=("total_mib", "sum"))
 
 
 def _process_rows(samples: pd.DataFrame) -> pd.DataFrame:
@@ -57,7 +68,7 @@ def deployment_memory(samples: pd.DataFrame) -> pd.DataFrame:
     if len(times) == 0 or not labels:
         return pd.DataFrame({"t_ns": pd.Series(dtype="int64"), "deployment": pd.Series(dtype=str),
                              "used_mib": pd.Series(dtype=float), "processes": pd.Series(dtype="int64")})
-    grouped = rows.groupby(["t_ns", "label"]).agg(used_mib=("used_mib", "sum"), processes=("pid", "count"))
+    grouped = rows.groupby(["t_ns", "label"]).agg(used_mib=("used_mib", "sum"), processes=("pid", "nunique"))
     full = pd.MultiIndex.from_product([times, labels], names=["t_ns", "label"])
     table = grouped.reindex(full, fill_value=0).reset_index().rename(columns={"label": "deployment"})
     table["processes"] = table["processes"].astype("int64")
@@ -233,3 +244,41 @@ def load_events(samples: pd.DataFrame, min_mib: float = 1.0) -> pd.DataFrame:
 
 def _at(table: pd.DataFrame, column: object, row: int) -> float:
     return float(table[column].iloc[row]) if column in table else float("nan")
+
+
+# ----------------------------------------------------------------------------------------------- per GPU
+def devices(samples: pd.DataFrame) -> list[int]:
+    """The GPUs the samples hold, by NVML index, ascending; [] for host samples."""
+    return sorted(int(i) for i in samples["device_index"].dropna().unique())
+
+
+def on_device(samples: pd.DataFrame, device_index: int) -> pd.DataFrame:
+    """The rows of one GPU: its device rows and its process listings."""
+    return samples[samples["device_index"] == device_index].reset_index(drop=True)
+
+
+def by_device(table: Callable[..., pd.DataFrame], samples: pd.DataFrame, *args: Any, **kwargs: Any) -> pd.DataFrame:
+    """`table` (any function of this module over samples) computed for each GPU on its own, with a device_index
+    column first; host samples (no GPU) give `table` over all of them, device_index empty."""
+    indices = devices(samples)
+    if not indices:
+        return table(samples, *args, **kwargs).assign(device_index=pd.NA).pipe(_device_first)
+    tables = [table(on_device(samples, index), *args, **kwargs).assign(device_index=index) for index in indices]
+    return _device_first(pd.concat(tables, ignore_index=True))
+
+
+def _device_first(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame[["device_index", *[c for c in frame.columns if c != "device_index"]]]
+
+
+def peaks_by_device(samples: pd.DataFrame) -> pd.DataFrame:
+    """Per GPU and deployment (and UNATTRIBUTED, DEVICE): the highest used_mib on that GPU and when, with the
+    GPU's total_mib. A model split over GPUs has a row on each; `peaks` gives its total."""
+    table = by_device(peaks, samples)
+    totals = samples[samples["scope"] == "device"].groupby("device_index")["total_mib"].max()
+    return table.assign(total_mib=table["device_index"].map(totals).astype(float))
+
+
+def idle_by_device(samples: pd.DataFrame, points: pd.DataFrame | None = None, settle_s: float = 0.0) -> pd.DataFrame:
+    """`idle_footprint` for each GPU on its own: what each deployment holds on each GPU once loaded."""
+    return by_device(idle_footprint, samples, points, settle_s)

@@ -1,4 +1,4 @@
-"""Reading one GPU through NVML: the device's memory, utilization, power, energy, clocks and temperature, and the
+"""Reading the GPUs through NVML, each on its own (`NvmlReader`), all that NVML sees (`open_devices`): the device's memory, utilization, power, energy, clocks and temperature, and the
 memory and SM utilization of every compute process on it.
 
 NVML is reached through `pynvml` (nvidia-ml-py). A field that this GPU or driver does not support reads as None
@@ -18,7 +18,7 @@ Memory is read on every call. Utilization, power, clocks and temperature are rea
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, TypeVar
@@ -217,3 +217,30 @@ class NvmlReader:
             self._nvml.nvmlShutdown()
         except Exception:  # closing never fails the caller
             pass
+
+
+def device_indices(library: ModuleType | Any = pynvml) -> list[int]:
+    """Every GPU NVML sees (all of the host's, whatever CUDA_VISIBLE_DEVICES says), as indices; raises
+    pynvml.NVMLError when NVML cannot be opened."""
+    library.nvmlInit()
+    try:
+        return list(range(int(library.nvmlDeviceGetCount())))
+    finally:
+        library.nvmlShutdown()
+
+
+def open_devices(
+    devices: Sequence[int] | None = None, library: ModuleType | Any = pynvml, **intervals: float
+) -> list[NvmlReader]:
+    """One reader per GPU: `devices`, or every GPU NVML sees. Each holds its own NVML handle (NVML counts its
+    inits); raises pynvml.NVMLError when NVML or one of the devices cannot be opened, closing what it opened."""
+    indices = list(devices) if devices is not None else device_indices(library)
+    readers: list[NvmlReader] = []
+    try:
+        for index in indices:
+            readers.append(NvmlReader(index, library, **intervals))
+    except Exception:
+        for reader in readers:
+            reader.close()
+        raise
+    return readers

@@ -1,5 +1,6 @@
-"""The memory sampler: a background thread that reads the GPU (or, without one, the host) on a fixed schedule
-and appends `MemorySample`s to the run's CSV as it goes.
+"""The memory sampler: a background thread that reads every GPU NVML sees (or, without one, the host) on a fixed
+schedule and appends `MemorySample`s to the run's CSV as it goes, one device row per GPU per tick and one row per
+process per GPU it holds memory on (a model split over two GPUs has a row on each), each with its device_index.
 
 Ticks fall on absolute times (start + k x period) of `servelab.clock.now_ns`, so the rate does not drift; a tick
 that comes too late to keep is skipped and counted, never made up in a burst. Every tick reads the device;
@@ -10,8 +11,9 @@ power, clocks and temperature at `detail_hz`, and the slow energy counter and pe
 often still (`energy_every_s`, `utilization_every_s`; see servelab.observe.nvml).
 
 Nothing the thread meets is raised into the caller: NVML errors and write errors are counted and kept on the
-sampler (`failures`, `last_failure`, `failure_messages`), and after `fallback_after_s` of NVML failing without
-a break the sampler goes on with the host fallback, in `host_memory.csv`.
+sampler (`failures`, `last_failure`, `failure_messages`). A GPU that fails while others answer costs only its
+own rows; after `fallback_after_s` of NVML failing on every GPU without a break the sampler goes on with the
+host fallback, in `host_memory.csv`.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import pynvml
 from servelab.clock import now_ns
 from servelab.observe.attribution import PidMap
 from servelab.observe.host import HostReader
-from servelab.observe.nvml import NvmlReader, nvml_available
+from servelab.observe.nvml import nvml_available, open_devices
 from servelab.records import GPU_FILE, HOST_MEMORY_FILE, MemoryCsvWriter, MemorySample
 
 log = logging.getLogger(__name__)
@@ -68,13 +70,15 @@ def next_tick(start_ns: int, period_ns: int, last_index: int, now: int) -> tuple
 
 
 class MemorySampler:
-    """Samples memory at `sample_hz` on a thread; use as a context manager or call `start()` and `stop()`."""
+    """Samples memory at `sample_hz` on a thread; use as a context manager or call `start()` and `stop()`.
+
+    `device_index`: the one GPU to read; None (the default) reads every GPU NVML sees."""
 
     def __init__(
         self,
         run_dir: Path,
         sample_hz: float = 20.0,
-        device_index: int = 0,
+        device_index: int | None = None,
         attribution: PidMap | Attribution | None = None,
         *,
         mode: Literal["auto", "nvml", "host_rss"] = "auto",
@@ -107,6 +111,8 @@ class MemorySampler:
             mode = "nvml" if nvml_available(pynvml if nvml_library is None else nvml_library) else "host_rss"
         self.mode: Mode = mode
         self.fell_back = False
+        self.devices: list[int] = []
+        """The GPUs read, by NVML index; empty on the host fallback."""
         self.paths: list[Path] = []
         self.failures = 0
         self.last_failure: str | None = None
@@ -115,7 +121,7 @@ class MemorySampler:
         self.missed_ticks = 0
         self.rows_written = 0
         self.max_lateness_ns = 0
-        self._reader: Reader | None = None
+        self._readers: list[Reader] = []
         self._writer: MemoryCsvWriter | None = None
         self._buffer: list[MemorySample] = []
         self._owners: dict[int, str] = {}
@@ -144,6 +150,7 @@ class MemorySampler:
         """Counters for the manifest: mode, rate, ticks kept and skipped, rows, failures, worst lateness."""
         return {
             "mode": self.mode,
+            "devices": self.devices,
             "sample_hz": self.sample_hz,
             "process_every": self.process_every,
             "ticks": self.ticks,
@@ -186,22 +193,27 @@ class MemorySampler:
         if mode == "nvml":
             try:
                 library = pynvml if self._library is None else self._library
-                self._reader = NvmlReader(self.device_index, library, **self._nvml_intervals)
+                devices = None if self.device_index is None else [self.device_index]
+                gpus = open_devices(devices, library, **self._nvml_intervals)
+                if not gpus:
+                    raise RuntimeError("NVML sees no GPU")
+                self.devices = [gpu.device_index for gpu in gpus]
+                self._readers = list[Reader](gpus)
             except Exception as error:
                 self._record_failure(f"NVML could not be opened: {error}")
                 mode = "host_rss"
                 self.fell_back = True
         if mode == "host_rss":
-            self._reader = HostReader()
+            self._readers = [HostReader()]
         self.mode = mode
         self._writer = MemoryCsvWriter(self.path)
         if self.path not in self.paths:
             self.paths.append(self.path)
 
     def _close(self) -> None:
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
+        for reader in self._readers:
+            reader.close()
+        self._readers = []
         if self._writer is not None:
             try:
                 self._writer.close()
@@ -234,27 +246,37 @@ class MemorySampler:
             self.missed_ticks += skipped
 
     def _tick(self, t: int, index: int) -> None:
-        reader = self._reader
-        assert reader is not None
         self.ticks += 1
+        answering = []
+        for reader in self._readers:
+            try:
+                self._buffer.append(reader.device(t))
+                answering.append(reader)
+            except Exception as error:
+                where = f" device {reader_index(reader)}" if reader_index(reader) is not None else ""
+                self._record_failure(f"{reader.source}{where}: {type(error).__name__}: {error}")
         try:
-            self._buffer.append(reader.device(t))
-            if index % self.process_every == 0:
-                self._processes(reader, t)
-            self._failing_since_ns = None
+            if answering and index % self.process_every == 0:
+                self._processes(answering, t)
         except Exception as error:
-            self._record_failure(f"{reader.source}: {type(error).__name__}: {error}")
+            answering = []
+            self._record_failure(f"{self._readers[0].source}: {type(error).__name__}: {error}")
+        if answering:
+            self._failing_since_ns = None
+        else:
             if self._failing_since_ns is None:
                 self._failing_since_ns = t
             elif self.mode == "nvml" and t - self._failing_since_ns >= self.fallback_after_ns:
                 self._fall_back()
 
-    def _processes(self, reader: Reader, t: int) -> None:
+    def _processes(self, readers: list[Reader], t: int) -> None:
         generation = getattr(self._attribution, "generation", None)
         refreshed = t - self._refreshed_ns >= self.refresh_every_ns or generation != self._generation
         if refreshed:
             self._refresh(t)
-        rows = reader.processes(t, self._owners.keys())
+        listings = [(reader, reader.processes(t, self._owners.keys())) for reader in readers]
+        rows = [row for _, listed in listings for row in listed]
+        source = readers[0].source
         newcomers = {row.pid for row in rows if row.pid is not None} - self._owners.keys() - self._strangers
         soon = t - self._refreshed_ns >= self.refresh_every_ns / 8
         if newcomers and not refreshed and soon:
@@ -262,12 +284,13 @@ class MemorySampler:
             refreshed = True
         if refreshed:
             self._strangers |= newcomers - self._owners.keys()  # not ours: don't walk the tree again for them
-        elif reader.source == "host_rss" and len(rows) < len(self._owners) and soon:
+        elif source == "host_rss" and len(rows) < len(self._owners) and soon:
             self._refresh(t)  # a process left: the tree may have changed
         for row in rows:
             row.deployment = self._owners.get(row.pid) if row.pid is not None else None
-        if not rows:
-            rows = [MemorySample(t_ns=t, source=reader.source, scope="process", device_index=reader_index(reader))]
+        for reader, listed in listings:
+            if not listed:  # one row without pid per device whose listing was empty
+                rows.append(MemorySample(t_ns=t, source=reader.source, scope="process", device_index=reader_index(reader)))
         self._buffer.extend(rows)
 
     def _refresh(self, t: int) -> None:
