@@ -51,6 +51,11 @@ class VllmEngine(Strict):
     image: str = Field("vllm/vllm-openai:v0.26.0", description="compose image, pinned")
     python: str = Field("python3", description="interpreter that has vllm, for native launch")
     extra_args: tuple[str, ...] = Field((), description="more command-line flags, passed through as they are")
+    tensor_parallel_size: int = Field(1, ge=1, le=64, description="--tensor-parallel-size: GPUs each copy of the model is split over")
+    data_parallel_size: int = Field(1, ge=1, le=64, description="--data-parallel-size: copies of the model, each on its own GPUs")
+
+    def gpus_needed(self) -> int:
+        return self.tensor_parallel_size * self.data_parallel_size
 
 
 class SglangEngine(Strict):
@@ -64,6 +69,11 @@ class SglangEngine(Strict):
     image: str = Field("lmsysorg/sglang:v0.5.5-cu129", description="compose image, pinned")
     python: str = Field("python3", description="interpreter that has sglang, for native launch")
     extra_args: tuple[str, ...] = Field((), description="more command-line flags, passed through as they are")
+    tp_size: int = Field(1, ge=1, le=64, description="--tp-size: GPUs each copy of the model is split over (tensor parallel)")
+    dp_size: int = Field(1, ge=1, le=64, description="--dp-size: copies of the model (data parallel)")
+
+    def gpus_needed(self) -> int:
+        return self.tp_size * self.dp_size
 
 
 class OllamaEngine(Strict):
@@ -103,6 +113,30 @@ class Deployment(Strict):
     startup_timeout_s: float = Field(600.0, gt=0, le=7200, description="seconds to wait for the health check before giving up")
     env: dict[str, str] = Field(default_factory=dict, description="plain environment; secrets belong in the environment, named in secret_env")
     secret_env: tuple[str, ...] = Field((), description="names of environment variables passed through, never their values")
+    gpus: tuple[int, ...] | None = Field(None, description="the GPUs this server may use, by index: CUDA_VISIBLE_DEVICES natively, device_ids in compose; default: all")
+
+    @field_validator("gpus")
+    @classmethod
+    def _gpu_indices(cls, gpus: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        if gpus is None:
+            return None
+        if not gpus:
+            raise ValueError("gpus is empty; name at least one GPU index, or leave gpus out to use them all")
+        if any(not 0 <= index <= 63 for index in gpus) or len(set(gpus)) != len(gpus):
+            raise ValueError(f"gpus {list(gpus)} must be distinct GPU indices in 0..63, as nvidia-smi numbers them")
+        return gpus
+
+    @model_validator(mode="after")
+    def _enough_gpus(self) -> Deployment:
+        needed = self.engine.gpus_needed() if hasattr(self.engine, "gpus_needed") else 1
+        if self.gpus is not None and len(self.gpus) < needed:
+            raise ValueError(
+                f"{self.name}: its parallel sizes need {needed} GPUs but gpus names {len(self.gpus)} "
+                f"({list(self.gpus)}); name {needed} GPUs or lower the tensor/data parallel size"
+            )
+        if self.gpus is not None and "CUDA_VISIBLE_DEVICES" in self.env:
+            raise ValueError(f"{self.name}: set the GPUs with gpus, not with env.CUDA_VISIBLE_DEVICES as well")
+        return self
 
     @field_validator("env")
     @classmethod
@@ -168,6 +202,9 @@ class Sweep(Strict):
     request_timeout_s: float = Field(120.0, gt=0, le=86_400, description="a request still running after this is recorded as a timeout")
     seed: int = Field(0, description="seeds prompts and arrival times, so a run can be repeated")
     prompts_file: str | None = Field(None, description="a local ShareGPT-format JSON file instead of the shipped prompts")
+    client_processes: Annotated[int, Field(ge=1, le=1024)] | Literal["auto"] = Field(
+        1, description="client processes per load point, each pinned to its own core; 'auto': enough to keep each within 70% of the calibrated per-core ceiling (servelab calibrate)"
+    )
 
     @field_validator("languages")
     @classmethod
@@ -186,7 +223,7 @@ class Sweep(Strict):
 
 class Memory(Strict):
     sample_hz: float = Field(20.0, gt=0, le=1000, description="memory samples per second (NVML, or host RSS without a GPU)")
-    device_index: int = Field(0, ge=0, le=64, description="the GPU to sample")
+    device_index: int = Field(0, ge=0, le=64, description="the GPU whose free memory is checked before starting a deployment that names no gpus; the sampler reads every GPU")
 
 
 class Policy(Strict):

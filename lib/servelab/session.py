@@ -118,7 +118,6 @@ def lab(params: Params, run_dir: Path, sample_memory: bool = True) -> Iterator[L
             sampler = MemorySampler(
                 run_dir,
                 sample_hz=params.memory.sample_hz,
-                device_index=params.memory.device_index,
                 attribution=pid_map,
             )
             stack.enter_context(sampler)
@@ -139,18 +138,19 @@ def _free_memory_check(params: Params) -> deployment_module.FreeMemoryCheck | No
     from servelab.serve.planner import required_mib
 
     def check(deployment: Any) -> None:
-        free = free_device_mib(params.memory.device_index)
-        if free is None:
-            return
-        total = free.total_mib
-        needed = required_mib(deployment, total)
-        if needed > free.free_mib:
-            from servelab.errors import DeployError
+        for index in deployment.gpus or (params.memory.device_index,):
+            free = free_device_mib(index)
+            if free is None:
+                continue
+            total = free.total_mib
+            needed = required_mib(deployment, total)
+            if needed > free.free_mib:
+                from servelab.errors import DeployError
 
-            raise DeployError(
-                f"{deployment.name} needs about {needed:,.0f} MiB of GPU memory but only {free.free_mib:,.0f} MiB of "
-                f"{total:,.0f} MiB is free; lower its memory fraction or stop what holds the GPU "
-                f"(`servelab plan` shows a split that fits)"
-            )
+                raise DeployError(
+                    f"{deployment.name} needs about {needed:,.0f} MiB of GPU {index}'s memory but only "
+                    f"{free.free_mib:,.0f} MiB of {total:,.0f} MiB is free; lower its memory fraction or stop what "
+                    f"holds the GPU (`servelab plan` shows a split that fits)"
+                )
 
     return check

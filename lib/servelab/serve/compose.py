@@ -48,8 +48,15 @@ def gpu_service(deployment: Deployment, image: str, host_port: int, container_po
         "ports": [f"127.0.0.1:{host_port}:{container_port}"],
         "volumes": volumes,
         "shm_size": "8gb",
-        "deploy": {"resources": {"reservations": {"devices": [copy.deepcopy(GPU_RESERVATION)]}}},
+        "deploy": {"resources": {"reservations": {"devices": [gpu_reservation(deployment)]}}},
     }
+
+
+def gpu_reservation(deployment: Deployment) -> dict[str, Any]:
+    """Every GPU, or the deployment's `gpus` as device_ids (compose allows count or device_ids, not both)."""
+    if deployment.gpus is None:
+        return copy.deepcopy(GPU_RESERVATION)
+    return {"driver": "nvidia", "device_ids": [str(index) for index in deployment.gpus], "capabilities": ["gpu"]}
 
 
 def container_model(deployment: Deployment) -> str:

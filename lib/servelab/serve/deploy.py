@@ -121,6 +121,13 @@ def start_order(deployments: tuple[Deployment, ...]) -> list[Deployment]:
     return sorted(deployments, key=budget_fraction)
 
 
+def gpu_environment(deployment: Deployment) -> dict[str, str]:
+    """CUDA_VISIBLE_DEVICES for a deployment that names its `gpus`; nothing for one that uses them all."""
+    if deployment.gpus is None:
+        return {}
+    return {"CUDA_VISIBLE_DEVICES": ",".join(str(index) for index in deployment.gpus)}
+
+
 FreeMemoryCheck = Callable[[Deployment], None]
 """Called before each start; raises DeployError when the device cannot hold the next deployment."""
 
@@ -267,7 +274,7 @@ def start_server(
     logs = run_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     log_path = logs / f"{deployment.name}.log"
-    environment = {**os.environ, **deployment.env, **spec.env}
+    environment = {**os.environ, **deployment.env, **spec.env, **gpu_environment(deployment)}
     base_url = f"http://127.0.0.1:{port}"
     log.info("starting %s: %s", deployment.name, spec.argv)
     launched = now_ns()

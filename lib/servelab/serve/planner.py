@@ -338,3 +338,27 @@ def format_plan(result: Plan) -> str:
         kv = f" leaves KV {s.kv_cache_mib:,.0f} MiB (~{s.kv_tokens:,} tokens)" if s.kv_cache_mib is not None and s.kv_tokens is not None else ""
         lines.append(f"suggest {s.deployment}: {s.flag} {s.current} -> {s.suggested}{kv}" + (f" ({s.note})" if s.note else ""))
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------- several GPUs
+def gpus_of(deployment: Deployment) -> tuple[int, ...]:
+    """The GPUs a deployment runs on: its `gpus`, else the first tensor x data parallel ones (0 for most)."""
+    if deployment.gpus is not None:
+        return deployment.gpus
+    needed = deployment.engine.gpus_needed() if hasattr(deployment.engine, "gpus_needed") else 1
+    return tuple(range(needed))
+
+
+def plan_per_device(params: Params | Sequence[Deployment], total_mib: float, reserve_mib: float = DEFAULT_RESERVE_MIB) -> dict[int, Plan]:
+    """One `plan` per GPU, over the deployments that run on it (`gpus_of`); GPUs of `total_mib` each.
+
+    A model split over several GPUs is planned on each of them by its own rule: vLLM's gpu_memory_utilization and
+    SGLang's mem_fraction_static are per GPU, so each GPU holds that budget. An engine sized by its weights
+    (Ollama, llama.cpp) is counted whole on every GPU it names, an upper bound: how it splits layers is not modelled.
+    """
+    deployments = list(params.deployments if isinstance(params, Params) else params)
+    on_device: dict[int, list[Deployment]] = {}
+    for deployment in deployments:
+        for index in gpus_of(deployment):
+            on_device.setdefault(index, []).append(deployment)
+    return {index: plan(group, total_mib, reserve_mib) for index, group in sorted(on_device.items())}

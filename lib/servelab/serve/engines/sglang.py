@@ -44,6 +44,10 @@ class SglangAdapter(EngineAdapter):
             flags += ["--context-length", str(engine.context_length)]
         if engine.max_running_requests is not None:
             flags += ["--max-running-requests", str(engine.max_running_requests)]
+        if engine.tp_size > 1:
+            flags += ["--tp-size", str(engine.tp_size)]
+        if engine.dp_size > 1:
+            flags += ["--dp-size", str(engine.dp_size)]
         if deployment.shape is not None:
             flags += ["--load-format", "dummy"]
         return flags + list(engine.extra_args)

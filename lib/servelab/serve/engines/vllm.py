@@ -42,6 +42,10 @@ class VllmAdapter(EngineAdapter):
             flags += ["--max-num-seqs", str(engine.max_num_seqs)]
         if engine.enforce_eager:
             flags.append("--enforce-eager")
+        if engine.tensor_parallel_size > 1:
+            flags += ["--tensor-parallel-size", str(engine.tensor_parallel_size)]
+        if engine.data_parallel_size > 1:
+            flags += ["--data-parallel-size", str(engine.data_parallel_size)]
         if deployment.shape is not None:
             flags += ["--load-format", "dummy"]
         return flags + list(engine.extra_args)
