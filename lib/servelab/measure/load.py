@@ -344,11 +344,16 @@ async def run_point(
     load: LoadParams | None = None,
     lag_limit_ms: float | None = None,
     token_counter: TokenCounter | None = None,
+    offsets: list[int] | None = None,
+    anchor_after_warmup: Callable[[], int] | None = None,
 ) -> PointOutcome:
     """Run one load point: warm-up requests (tagged), then the measured phase; `on_record` gets each record
     as its request completes. `load_kind` is 'concurrency' (value: workers) or constant/poisson/gamma
     (value: requests/s); burstiness, ramp-up and max_concurrency come from `load` or the sweep's entry.
     The RNG is `random.Random` seeded from sweep.seed and point_id.
+
+    For a share of a point run in several processes (servelab.measure.workers): `offsets` is this share of
+    the one open-loop schedule, and `anchor_after_warmup()` returns the anchor all the shares start from.
     """
     if not prompts:
         raise ValueError(f"point {point_id}: no prompts to send")
@@ -361,11 +366,11 @@ async def run_point(
 
     if load_kind == "concurrency":
         concurrency = int(load_value)
-        offsets: list[int] = []
+        offsets = []
     else:
         assert isinstance(load, RateLoad)
         concurrency = load.max_concurrency or sweep.warmup_requests
-        offsets = arrival_offsets_ns(
+        offsets = offsets if offsets is not None else arrival_offsets_ns(
             load_kind,
             load_value,
             rng,
@@ -378,7 +383,7 @@ async def run_point(
         await _warm_up(point, sweep.warmup_requests, max(1, concurrency))
     warmups = point.next_index
 
-    anchor = now_ns() + START_LEAD_NS
+    anchor = anchor_after_warmup() if anchor_after_warmup is not None else now_ns() + START_LEAD_NS
     if load_kind == "concurrency":
         assert isinstance(load, ConcurrencyLoad)
         deadline = anchor + sweep.duration_s * NS_PER_S if sweep.duration_s is not None else math.inf

@@ -26,6 +26,7 @@ from servelab.analyse import metrics
 from servelab.clock import now_ns
 from servelab.errors import EngineError, OutputsError
 from servelab.measure import load as load_module
+from servelab.measure import workers
 from servelab.measure.clients import Target
 from servelab.measure.prompts import Prompt, build_prompts
 from servelab.measure.tokens import JsonTokenizer, ServerTokenizer, local_tokenizer
@@ -200,6 +201,7 @@ def prompts_for(
 async def _run_point(
     point: LoadPoint, params: Params, fleet: Fleet, writer: JsonlWriter, point_seed: int,
     tokenizers: Mapping[str, JsonTokenizer | ServerTokenizer | None],
+    ceiling: workers.ClientCeiling | None = None,
 ) -> list[load_module.PointOutcome]:
     servers = [fleet[name] for name in point.deployments]
     connections = _max_concurrency(point, params) * len(servers)
@@ -209,7 +211,7 @@ async def _run_point(
         for offset, server in enumerate(servers):
             prompts = prompts_for(server, params.sweep, point.language, count, point_seed + offset, tokenizers[server.name])
             jobs.append(
-                load_module.run_point(
+                workers.drive_point(
                     client,
                     target_for(server),
                     prompts,
@@ -218,6 +220,9 @@ async def _run_point(
                     params.sweep,
                     point.point_id(server.name),
                     writer.write,
+                    parts_dir=writer.path.parent / workers.PARTS_DIR,
+                    ceiling=ceiling,
+                    first_cpu=offset,
                 )
             )
         return list(await asyncio.gather(*jobs))
@@ -250,6 +255,7 @@ def run_sweep(params: Params, run_dir: Path, fleet: Fleet, progress: bool = True
         if not all(point.point_id(name) in finished for name in point.deployments)
     ]
     load_module.ensure_file_descriptors(connections_needed(params))
+    ceiling = workers.ceiling_of_run(run_dir)
     deployments = sorted({name for _, point in todo for name in point.deployments})
     with (
         JsonlWriter(run_dir / REQUESTS_FILE) as writer,
@@ -262,7 +268,7 @@ def run_sweep(params: Params, run_dir: Path, fleet: Fleet, progress: bool = True
             start = now_ns()
             for name in point.deployments:
                 marks.write(_point_record(point, fleet[name], "started", start))
-            outcomes = run_sync(_run_point(point, params, fleet, writer, params.sweep.seed + 1000 * index, tokenizers))
+            outcomes = run_sync(_run_point(point, params, fleet, writer, params.sweep.seed + 1000 * index, tokenizers, ceiling))
             writer.sync()
             dead = fleet.dead()
             for name, outcome in zip(point.deployments, outcomes, strict=True):
