@@ -224,6 +224,7 @@ class Sweep(Strict):
 class Memory(Strict):
     sample_hz: float = Field(20.0, gt=0, le=1000, description="memory samples per second (NVML, or host RSS without a GPU)")
     device_index: int = Field(0, ge=0, le=64, description="the GPU whose free memory is checked before starting a deployment that names no gpus; the sampler reads every GPU")
+    compose_project: str | None = Field(None, pattern=NAME_PATTERN, description="the docker compose project whose containers run these deployments (a service per deployment, as `servelab compose` writes): NVML's container pids are attributed to them")
 
 
 class Policy(Strict):

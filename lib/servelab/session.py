@@ -112,9 +112,9 @@ def lab(params: Params, run_dir: Path, sample_memory: bool = True) -> Iterator[L
         on_launched = None
         check = None
         if sample_memory:
-            from servelab.observe import MemorySampler, PidMap
+            from servelab.observe import MemorySampler
 
-            pid_map = PidMap()
+            pid_map = memory_attribution(params)
             sampler = MemorySampler(
                 run_dir,
                 sample_hz=params.memory.sample_hz,
@@ -130,6 +130,17 @@ def lab(params: Params, run_dir: Path, sample_memory: bool = True) -> Iterator[L
         yield Lab(params=params, run_dir=run_dir, fleet=fleet, sampler=sampler, owner=True)
     if sampler is not None:
         update_manifest(run_dir, memory_sampler=sampler.stats())
+
+
+def memory_attribution(params: Params, docker: str = "docker", proc: Path = Path("/proc")) -> Any:
+    """The run's PidMap: servers it starts are added as they launch; with memory.compose_project, each
+    deployment's compose container is added now, so a compose run's memory is attributed per model."""
+    from servelab.observe import PidMap
+
+    pid_map = PidMap(docker, proc)
+    if params.memory.compose_project is not None:
+        pid_map.add_compose(params.memory.compose_project, [deployment.name for deployment in params.deployments])
+    return pid_map
 
 
 def _free_memory_check(params: Params) -> deployment_module.FreeMemoryCheck | None:

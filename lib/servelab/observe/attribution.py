@@ -4,15 +4,23 @@ report of the memory it holds (`/api/ps`) as a cross-check.
 A native server is its root pid and every descendant: vLLM v1 starts an engine-core child that holds the GPU
 memory, Ollama starts one runner per loaded model. Trees change, so `PidMap.resolve()` walks them afresh each
 time it is called. A root is remembered with its start time, so a recycled pid is not mistaken for it.
+
+A server in a container (a compose run) is every host process in the container's cgroup: NVML lists host pids,
+and each one's `/proc/<pid>/cgroup` names its container's 64-hex id (`/docker/<id>` under cgroup v1,
+`/system.slice/docker-<id>.scope` under v2; containerd and podman name theirs alike). A container named by its
+name is looked up once per resolve with `docker inspect`; one named by its full id needs no Docker CLI at all.
+`docker top` is the fallback where /proc shows no cgroups.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import subprocess
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -20,6 +28,9 @@ import psutil
 log = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
+PROC = Path("/proc")
+CONTAINER_ID = re.compile(r"[0-9a-f]{64}")
+_CONTAINER_IN_CGROUP = re.compile(r"(?:^|/|docker-|cri-containerd-|crio-|libpod-)([0-9a-f]{64})(?:\.scope)?(?:/|$)")
 
 
 @dataclass(frozen=True)
@@ -61,20 +72,73 @@ def pids_from_docker_top(output: str) -> list[int]:
     return pids
 
 
-def container_pids(container: str, docker: str = "docker", timeout_s: float = 10.0) -> list[int]:
-    """Host pids of a running container: its init (`State.Pid`) and every pid `docker top` lists; [] if stopped.
+def container_in_cgroup(text: str) -> str | None:
+    """The 64-hex id of the container a process runs in, from its `/proc/<pid>/cgroup`; None outside containers."""
+    for line in text.splitlines():
+        path = line.split(":", 2)[-1]
+        found = _CONTAINER_IN_CGROUP.search(path)
+        if found:
+            return found.group(1)
+    return None
+
+
+def pids_by_container(proc: Path = PROC) -> dict[str, list[int]]:
+    """{container id: its host pids, ascending} over every process under `proc` that runs in a container."""
+    found: dict[str, list[int]] = {}
+    try:
+        entries = [entry for entry in proc.iterdir() if entry.name.isdigit()]
+    except OSError:
+        return found
+    for entry in sorted(entries, key=lambda e: int(e.name)):
+        try:
+            container = container_in_cgroup((entry / "cgroup").read_text(encoding="utf-8", errors="replace"))
+        except OSError:  # gone since the listing, or not ours to read
+            continue
+        if container is not None:
+            found.setdefault(container, []).append(int(entry.name))
+    return found
+
+
+def compose_container(project: str, service: str, replica: int = 1) -> str:
+    """The name docker compose (v2) gives a service's container: `<project>-<service>-<replica>`."""
+    return f"{project}-{service}-{replica}"
+
+
+def _inspect(container: str, docker: str, timeout_s: float) -> tuple[str | None, int | None]:
+    """(full id, init pid) of a running container from `docker inspect`; (None, None) when it is not running."""
+    try:
+        inspected = subprocess.run(
+            [docker, "inspect", "--format", "{{.Id}} {{.State.Pid}}", container],
+            capture_output=True, text=True, timeout=timeout_s, check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as error:
+        log.warning("cannot inspect container %s: %s", container, error)
+        return None, None
+    parts = inspected.stdout.split()
+    if inspected.returncode != 0 or len(parts) != 2 or not CONTAINER_ID.fullmatch(parts[0]):
+        return None, None
+    return parts[0], int(parts[1]) if parts[1].isdigit() and int(parts[1]) > 0 else None
+
+
+def container_pids(
+    container: str, docker: str = "docker", timeout_s: float = 10.0, proc: Path = PROC,
+    scanned: Mapping[str, list[int]] | None = None,
+) -> list[int]:
+    """Host pids of a running container (by name or full id): every process in its cgroup, else its init
+    (`State.Pid`) and every pid `docker top` lists; [] if it is not running. `scanned`: a `pids_by_container`
+    result to use instead of reading `proc` again.
 
     The pids are those of the host's pid namespace, which is what NVML reports when servelab runs on the host.
     """
-    pids: list[int] = []
+    full_id, root = (container, None) if CONTAINER_ID.fullmatch(container) else _inspect(container, docker, timeout_s)
+    if full_id is not None:
+        in_cgroup = (scanned if scanned is not None else pids_by_container(proc)).get(full_id)
+        if in_cgroup:
+            return in_cgroup
+    if root is None:
+        return []
+    pids = [root]
     try:
-        inspected = subprocess.run(
-            [docker, "inspect", "--format", "{{.State.Pid}}", container],
-            capture_output=True, text=True, timeout=timeout_s, check=False,
-        )
-        root = inspected.stdout.strip()
-        if inspected.returncode == 0 and root.isdigit() and int(root) > 0:
-            pids.append(int(root))
         top = subprocess.run(
             [docker, "top", container, "-eo", "pid"], capture_output=True, text=True, timeout=timeout_s, check=False
         )
@@ -95,10 +159,11 @@ def _create_time(pid: int) -> float | None:
 class PidMap:
     """Deployment names with the roots of their process trees; `resolve()` gives every current pid's owner."""
 
-    def __init__(self, docker: str = "docker") -> None:
+    def __init__(self, docker: str = "docker", proc: Path = PROC) -> None:
         self._roots: dict[str, list[_Root]] = {}
         self._containers: dict[str, list[str]] = {}
         self._docker = docker
+        self._proc = proc
         self._lock = threading.Lock()  # add() runs in the caller's thread, resolve() in the sampler's
         self.generation = 0
         """Counts changes made by add/add_container/remove, so a sampler knows to resolve again at once."""
@@ -111,10 +176,16 @@ class PidMap:
             self.generation += 1
 
     def add_container(self, deployment: str, container: str) -> None:
-        """Attribute a Docker container's processes (found again at every resolve) to `deployment`."""
+        """Attribute a container's processes (by name or full id; found again at every resolve) to `deployment`."""
         with self._lock:
             self._containers.setdefault(deployment, []).append(container)
             self.generation += 1
+
+    def add_compose(self, project: str, deployments: Iterable[str]) -> None:
+        """Attribute each deployment's compose container (`servelab compose` names each service after its
+        deployment) to it: a compose run's memory per model."""
+        for deployment in deployments:
+            self.add_container(deployment, compose_container(project, deployment))
 
     def remove(self, deployment: str) -> None:
         with self._lock:
@@ -127,7 +198,7 @@ class PidMap:
         with self._lock:
             return sorted(set(self._roots) | set(self._containers))
 
-    def _alive_roots(self, deployment: str) -> Iterable[int]:
+    def _alive_roots(self, deployment: str, scanned: Mapping[str, list[int]] | None = None) -> Iterable[int]:
         with self._lock:
             roots = list(self._roots.get(deployment, ()))
             containers = list(self._containers.get(deployment, ()))
@@ -136,14 +207,17 @@ class PidMap:
             if now is not None and (root.create_time is None or abs(now - root.create_time) < 0.01):
                 yield root.pid
         for container in containers:
-            yield from container_pids(container, self._docker)
+            yield from container_pids(container, self._docker, proc=self._proc, scanned=scanned)
 
     def resolve(self) -> dict[int, str]:
         """{pid: deployment} for every live process of every deployment; the first deployment to claim a pid keeps it."""
         children = process_table()
+        with self._lock:
+            containers = any(self._containers.values())
+        scanned = pids_by_container(self._proc) if containers else None  # one pass over /proc for every container
         owners: dict[int, str] = {}
         for deployment in self.deployments:
-            for root in self._alive_roots(deployment):
+            for root in self._alive_roots(deployment, scanned):
                 for pid in descendants(root, children):
                     claimed = owners.setdefault(pid, deployment)
                     if claimed != deployment:
