@@ -4,7 +4,8 @@ Layout of `outputs/<run-id>/` (SCHEMA_VERSION 1):
 - `manifest.json`   params, revision, versions, host, GPU or "none", clock anchor, calibration
 - `requests.jsonl`  one `RequestRecord` per request, appended as each completes
 - `points.jsonl`    one `PointRecord` per load point when it starts and when it ends
-- `gpu.csv`         `MemorySample`s from NVML, or `host_memory.csv` from the host fallback (labelled)
+- `gpu.csv`         `MemorySample`s from NVML (a device row per GPU per tick, each with its device_index), or
+                    `host_memory.csv` from the host fallback (labelled)
 - `summary.csv`     tidy metrics per load point
 - `logs/`           engine logs; `notebooks/` executed notebooks; `report.html`
 All times are CLOCK_MONOTONIC nanoseconds (`servelab.clock.now_ns`).

@@ -15,15 +15,19 @@ import pynvml
 import pytest
 from servelab.observe import (
     DEVICE,
+    NO_PROCESS,
     MemorySampler,
     deployment_memory,
     devices,
+    energy_per_deployment,
     idle_by_device,
     idle_footprint,
+    on_device,
     peaks,
     peaks_by_device,
     read_samples,
 )
+from servelab.observe.energy import device_energy_intervals
 from servelab.records import GPU_FILE, HOST_MEMORY_FILE
 
 RECORDED = Path(__file__).resolve().parents[1] / "data" / "recorded"
@@ -149,6 +153,18 @@ def test_memory_per_model_sums_its_gpus_and_memory_per_device_keeps_them_apart(t
     idle = idle_by_device(samples, points).set_index(["device_index", "deployment"])["idle_mib"]
     assert idle[(0, "split-tp2")] == 40_500 and idle[(1, "small")] == 22_250
     assert idle_footprint(samples, points).set_index("deployment")["idle_mib"]["split-tp2"] == 81_000
+
+
+def test_each_gpus_energy_goes_to_the_processes_on_that_gpu(two_gpu_run: tuple[pd.DataFrame, dict]) -> None:
+    samples, _ = two_gpu_run
+    energy = energy_per_deployment(samples).set_index("deployment")
+    per_gpu = {index: device_energy_intervals(on_device(samples, index))["energy_j"].sum() for index in (0, 1)}
+    assert energy["energy_j"].sum() == pytest.approx(per_gpu[0] + per_gpu[1])
+    assert energy["share_pct"].sum() == pytest.approx(100.0)
+    # The small model holds memory on GPU 1 only, so it gets a share of GPU 1's energy and none of GPU 0's.
+    small_on_gpu1 = energy_per_deployment(on_device(samples, 1)).set_index("deployment")["energy_j"]["small"]
+    assert energy.loc["small", "energy_j"] == pytest.approx(small_on_gpu1) and 0 < small_on_gpu1 < per_gpu[1]
+    assert set(energy.index) <= {"split-tp2", "small", NO_PROCESS}
 
 
 def test_a_lost_gpu_costs_its_own_rows_while_the_other_is_still_read(tmp_path: Path) -> None:

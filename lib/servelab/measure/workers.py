@@ -46,6 +46,7 @@ from servelab.measure.load import (
     START_LEAD_NS,
     PointOutcome,
     arrival_offsets_ns,
+    ensure_file_descriptors,
     load_params_for,
     run_point,
     schedule_lag_limit_ms,
@@ -264,10 +265,12 @@ def _worker_main(job: WorkerJob, connection: Connection) -> None:
             connection.send(("ready", None))
             return int(connection.recv())
 
+        connections = max(1, job.share.streams, job.share.warmup)
+        if job.load_kind != "concurrency" and not job.share.streams:
+            connections = max(connections, 1024)
+        ensure_file_descriptors(connections)  # the forkserver may have started under a lower limit
+
         async def go() -> PointOutcome:
-            connections = max(1, job.share.streams, job.share.warmup)
-            if job.load_kind != "concurrency" and not job.share.streams:
-                connections = max(connections, 1024)
             async with make_client(connections, transport=job.transport) as client:
                 return await run_point(
                     client, job.target, job.prompts, job.load_kind, job.load_value, job.sweep, job.point_id,
@@ -310,7 +313,10 @@ def _run_processes(jobs: list[WorkerJob]) -> list[PointOutcome]:
     try:
         for job in jobs:
             parent_end, child_end = context.Pipe()
-            process = context.Process(target=_worker_main, args=(job, child_end), name=f"servelab-client-{job.share.worker}")
+            # Daemonic: a parent that exits (Ctrl-C, a dead engine) takes its client processes with it.
+            process = context.Process(
+                target=_worker_main, args=(job, child_end), name=f"servelab-client-{job.share.worker}", daemon=True
+            )
             process.start()
             child_end.close()
             pipes.append(parent_end)

@@ -5,7 +5,8 @@ consecutive device rows; without the counter, from power integrated by the trape
 energy is split among deployments by their share of the SM utilization NVML reports per process
 (`nvmlDeviceGetProcessUtilization`, the process rows' `utilization_pct`) at the first listing at or before
 the interval's end; where that is unknown or all zero (every model idle), by their share of memory. Energy
-in intervals with no process on the device goes to `NO_PROCESS`. Methods: docs/memory.md.
+in intervals with no process on the device goes to `NO_PROCESS`. With several GPUs, each GPU's energy is split
+among the processes on that GPU, and the joules are summed per deployment. Methods: docs/memory.md.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from servelab.observe.memory import NO_PROCESS, _device, _process_rows
+from servelab.observe.memory import NO_PROCESS, _device, _process_rows, devices, on_device
 
 COLUMNS = ["deployment", "energy_j", "share_pct", "method", "utilization_split_j", "memory_split_j", "energy_source"]
 
@@ -64,6 +65,8 @@ def energy_per_deployment(samples: pd.DataFrame, start_ns: int | None = None, en
     method is 'utilization', 'memory' or 'utilization+memory' (some intervals each way); utilization_split_j and
     memory_split_j are the joules split each way; share_pct is of the device's energy in the window.
     """
+    if len(devices(samples)) > 1:
+        return _summed([energy_per_deployment(on_device(samples, index), start_ns, end_ns) for index in devices(samples)])
     intervals = device_energy_intervals(samples, start_ns, end_ns)
     if intervals.empty:
         return pd.DataFrame(columns=COLUMNS)
@@ -95,3 +98,19 @@ def _method_name(by_utilization: float, by_memory: float, unowned: bool) -> str:
     if by_utilization > 0 and by_memory > 0:
         return "utilization+memory"
     return "utilization" if by_utilization > 0 else "memory"
+
+
+def _summed(tables: list[pd.DataFrame]) -> pd.DataFrame:
+    """Per-GPU energy tables as one: joules summed per deployment, shares of all the GPUs' energy together."""
+    tables = [table for table in tables if not table.empty]
+    if not tables:
+        return pd.DataFrame(columns=COLUMNS)
+    both = pd.concat(tables, ignore_index=True)
+    table = both.groupby("deployment")[["energy_j", "utilization_split_j", "memory_split_j"]].sum()
+    total = table["energy_j"].sum()
+    table["share_pct"] = 100.0 * table["energy_j"] / total if total > 0 else np.nan
+    table["method"] = [
+        _method_name(row.utilization_split_j, row.memory_split_j, label == NO_PROCESS) for label, row in table.iterrows()
+    ]
+    table["energy_source"] = "+".join(sorted({part for source in both["energy_source"] for part in source.split("+")}))
+    return table.reset_index()[COLUMNS]

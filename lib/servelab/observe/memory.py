@@ -45,7 +45,8 @@ def _device(samples: pd.DataFrame) -> pd.DataFrame:
     rows = rows.drop_duplicates(["t_ns", "device_index"], keep="last")
     if rows["device_index"].nunique() <= 1:
         return rows.reset_index(drop=True)
-    return rows.groupby("t_ns", as_index=False).agg(used_mib=("used_mib", "sum"), total_mib=("total_mib", "sum"))
+    summed = rows.groupby("t_ns")[["used_mib", "total_mib", "power_w", "energy_mj"]].sum(min_count=1)
+    return summed.reset_index()
 
 
 def _process_rows(samples: pd.DataFrame) -> pd.DataFrame:
