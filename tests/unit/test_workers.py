@@ -186,3 +186,15 @@ def test_a_sweep_with_two_client_processes_writes_one_requests_file(emitter_url:
     for point_id in points:
         assert_merged_exactly([r for r in records if r.point_id == point_id], 22)
     assert len(list(read_jsonl(tmp_path / REQUESTS_FILE))) == 44
+
+
+def test_an_open_loop_cap_below_the_process_count_uses_fewer_processes_and_holds(emitter_url: str, tmp_path: Path) -> None:
+    load = RateLoad(kind="constant", values=(200.0,), max_concurrency=1)
+    sweep = Sweep(load=(load,), output_tokens=8, requests_per_point=12, warmup_requests=0)
+    records: list = []
+    outcome = run_sync(run_point_in_processes(
+        3, target(emitter_url), PROMPTS, "constant", 200.0, sweep, "emitter/en/constant-200", records.append,
+        tmp_path / PARTS_DIR, load=load,
+    ))  # fmt: skip
+    assert_merged_exactly(records, 12)
+    assert outcome.max_in_flight == 1, "one request in flight at most, as max_concurrency says"

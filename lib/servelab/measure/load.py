@@ -176,6 +176,11 @@ async def sleep_until(target_ns: int) -> None:
         await asyncio.sleep(whole_ms / 1000 if whole_ms > 0 else 0)
 
 
+def point_rng(seed: int, point_id: str) -> random.Random:
+    """The random source of one point's arrival times, the same in every process that computes them."""
+    return random.Random(f"servelab.measure.load:{seed}:{point_id}")
+
+
 def load_params_for(sweep: Sweep, load_kind: str, load_value: float) -> LoadParams:
     """The sweep's load entry holding this kind and value; defaults when the value is not in the sweep."""
     for load in sweep.load:
@@ -362,7 +367,7 @@ async def run_point(
     load = load or load_params_for(sweep, load_kind, load_value)
     limit = sweep.requests_per_point
     point = _Point(client, target, prompts, sweep, point_id, on_record, token_counter)
-    rng = random.Random(f"servelab.measure.load:{sweep.seed}:{point_id}")
+    rng = point_rng(sweep.seed, point_id)
 
     if load_kind == "concurrency":
         concurrency = int(load_value)

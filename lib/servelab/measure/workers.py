@@ -28,7 +28,6 @@ import logging
 import math
 import multiprocessing
 import os
-import random
 import re
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
@@ -48,6 +47,7 @@ from servelab.measure.load import (
     arrival_offsets_ns,
     ensure_file_descriptors,
     load_params_for,
+    point_rng,
     run_point,
     schedule_lag_limit_ms,
 )
@@ -159,8 +159,8 @@ class Share:
     """Warm-up requests this process sends; the point's warm-ups are dealt round-robin."""
     total_warmup: int
     requests: int | None
-    """Measured requests this process sends (closed loop by count); None when the point runs by duration or
-    by its schedule."""
+    """Measured requests this process sends: its share of the count (closed loop) or of the schedule (open
+    loop); None for a closed loop that runs by duration alone."""
     streams: int
     """Closed loop: the concurrency this process runs. Open loop: its cap on requests in flight (0: none)."""
     offsets: list[int] | None = None
@@ -192,9 +192,8 @@ def plan_shares(
         schedules: list[list[int] | None] = [None] * processes
     else:
         assert isinstance(load, RateLoad)
-        rng = random.Random(f"servelab.measure.load:{sweep.seed}:{point_id}")
         offsets = arrival_offsets_ns(
-            load_kind, load_value, rng, count=sweep.requests_per_point, duration_s=sweep.duration_s,
+            load_kind, load_value, point_rng(sweep.seed, point_id), count=sweep.requests_per_point, duration_s=sweep.duration_s,
             burstiness=load.burstiness, ramp_up_s=load.ramp_up_s,
         )  # fmt: skip
         schedules = list(deal_schedule(offsets, processes))
@@ -451,6 +450,8 @@ async def run_point_in_processes(
     cpus = list(cpus) if cpus is not None else usable_cpus()
     if load_kind == "concurrency":
         processes = min(processes, int(load_value))
+    elif isinstance(load, RateLoad) and load.max_concurrency:
+        processes = min(processes, load.max_concurrency)  # each process caps its share: none may get a cap of 0
     shares = plan_shares(processes, load_kind, load_value, sweep, load, point_id, cpus, first_cpu)
     parts_dir.mkdir(parents=True, exist_ok=True)
     paths = part_paths(parts_dir, point_id, processes)
