@@ -7,6 +7,7 @@ A params file names what to deploy (`deployments`), what load to put on it (`swe
 from __future__ import annotations
 
 import re
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -88,7 +89,10 @@ class OllamaEngine(Strict):
 EngineParams = Annotated[
     LlamaCppEngine | VllmEngine | SglangEngine | OllamaEngine, Field(discriminator="kind")
 ]
-FRAMEWORKS = ("llamacpp", "vllm", "sglang", "ollama")
+FRAMEWORKS = tuple(
+    typing.get_args(member.model_fields["kind"].annotation)[0] for member in typing.get_args(typing.get_args(EngineParams)[0])
+)
+"""Every engine kind, in the union's order; adding a class to the union registers its kind."""
 
 
 # ----------------------------------------------------------------------------------------------- models

@@ -14,7 +14,7 @@ from servelab.observe import (
     memory_under_load,
     peaks,
 )
-from servelab.params import Params, VllmEngine
+from servelab.params import Params
 from servelab.serve.planner import plan, seed_formula_mib
 
 
@@ -81,13 +81,13 @@ def planner_comparison(params: Params, samples: pd.DataFrame, points: pd.DataFra
     prediction = plan(params, total_mib=total if on_gpu else 1.0, reserve_mib=0.0)
     available = total - baseline_used_mib(samples) if on_gpu else None
     rows = []
-    for footprint, deployment in zip(prediction.footprints, _in_start_order(params), strict=True):
+    for footprint in prediction.footprints:
         if (footprint.memory == "gpu") != on_gpu:
             continue
-        got = measured.get(deployment.name)
-        peak = top.get(deployment.name)
+        got = measured.get(footprint.deployment)
+        peak = top.get(footprint.deployment)
         row = {
-            "deployment": deployment.name,
+            "deployment": footprint.deployment,
             "memory": footprint.memory,
             "formula": footprint.formula,
             "predicted_mib": round(footprint.predicted_mib, 1),
@@ -96,19 +96,13 @@ def planner_comparison(params: Params, samples: pd.DataFrame, points: pd.DataFra
             "peak_mib": None if peak is None else round(float(peak), 1),
             "peak_error_pct": percent_off(footprint.predicted_mib, peak),
         }
-        if isinstance(deployment.engine, VllmEngine) and available is not None and footprint.weights_mib is not None:
-            seed = seed_formula_mib(footprint.weights_mib, available, deployment.engine.gpu_memory_utilization, footprint.overhead_mib)
+        if footprint.seed_fraction is not None and available is not None and footprint.weights_mib is not None:
+            seed = seed_formula_mib(footprint.weights_mib, available, footprint.seed_fraction, footprint.overhead_mib)
             row["seed_formula_mib"] = round(seed, 1)
             row["seed_error_pct"] = percent_off(seed, got)
             available -= got or footprint.predicted_mib
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def _in_start_order(params: Params) -> list:
-    from servelab.serve.deploy import start_order
-
-    return start_order(params.deployments)
 
 
 def planner_sentence(comparison: pd.DataFrame) -> str:

@@ -150,17 +150,13 @@ def prompt_count(point: LoadPoint, params: Params) -> int:
     return max(64, int(point.load_value * params.sweep.duration_s * 1.25))
 
 
-SERVER_TOKENIZERS = ("llamacpp", "vllm")
-"""Frameworks whose server has /tokenize and /detokenize (servelab.measure.tokens.ServerTokenizer)."""
-
-
 def prompt_tokenizer(server: RunningServer) -> JsonTokenizer | ServerTokenizer | None:
     """What cuts this server's prompts to length: the tokenizer.json in its model folder, else the server's own
     /tokenize, else None (lengths estimated from characters, and the report warns when they come out far off)."""
     local = local_tokenizer(server.model_path)
-    if local is not None or server.framework not in SERVER_TOKENIZERS:
+    if local is not None or server.tokenize_flavour is None:
         return local
-    remote = ServerTokenizer(server.base_url, flavour=server.framework, model=server.served_model)  # type: ignore[arg-type]
+    remote = ServerTokenizer(server.base_url, flavour=server.tokenize_flavour, model=server.served_model)  # type: ignore[arg-type]
     try:
         _, counted = remote.prefix("servelab cuts prompts in the server's own tokens", 2)
         if counted != 2:

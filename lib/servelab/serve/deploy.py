@@ -30,6 +30,7 @@ from servelab.errors import DeployError, EngineError
 from servelab.params import Deployment, Params
 from servelab.secrets import redact_file
 from servelab.serve.engines import EngineAdapter, adapter_for
+from servelab.serve.engines.base import start_order
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,8 @@ class RunningServer:
     shape_only: bool = False
     model_path: str = ""
     """What the server loaded: a GGUF, a hub id, or a shape model's folder (its tokenizer too)."""
+    tokenize_flavour: str | None = None
+    """The body its /tokenize takes ('llamacpp' or 'vllm'), from its adapter; None: it has none."""
 
     @property
     def ready_s(self) -> float:
@@ -107,20 +110,6 @@ def _die_with_parent() -> None:
     libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
-def budget_fraction(deployment: Deployment) -> float:
-    """The share of the GPU a deployment asks for; the ordering key for 'smallest first'."""
-    engine = deployment.engine
-    for attribute in ("gpu_memory_utilization", "mem_fraction_static"):
-        if hasattr(engine, attribute):
-            return float(getattr(engine, attribute))
-    return 0.0
-
-
-def start_order(deployments: tuple[Deployment, ...]) -> list[Deployment]:
-    """Smallest first, so that the big ones see what the small ones took; ties keep the params order."""
-    return sorted(deployments, key=budget_fraction)
-
-
 FreeMemoryCheck = Callable[[Deployment], None]
 """Called before each start; raises DeployError when the device cannot hold the next deployment."""
 
@@ -129,7 +118,7 @@ def _wait_healthy(
     adapter: EngineAdapter, deployment: Deployment, process: subprocess.Popen[bytes], base_url: str, log_path: Path
 ) -> None:
     deadline = time.monotonic() + deployment.startup_timeout_s
-    url = base_url + adapter.health_path
+    url = base_url + adapter.health_path_for(deployment)
     with httpx.Client(timeout=2.0) as client:
         while True:
             if process.poll() is not None:
@@ -293,7 +282,7 @@ def start_server(
         framework=deployment.engine.kind,
         model=deployment.shape or deployment.model,
         served_model=adapter.served_model_name(deployment),
-        api_flavour=adapter.api_flavour,
+        api_flavour=adapter.api_flavour_for(deployment),
         base_url=base_url,
         port=port,
         pid=process.pid,
@@ -301,9 +290,10 @@ def start_server(
         argv=spec.argv,
         launched_ns=launched,
         ready_ns=now_ns(),
-        metrics_path=adapter.metrics_path,
+        metrics_path=adapter.metrics_path_for(deployment),
         shape_only=deployment.shape is not None,
         model_path=model_path,
+        tokenize_flavour=adapter.tokenize_flavour_for(deployment),
     )
     server.version = _probe_version(adapter, base_url)
     after_ready = getattr(adapter, "after_ready", None)
