@@ -45,6 +45,20 @@ class CounterNames:
 
 
 @dataclass(frozen=True)
+class LoadedModel:
+    """One model a server holds, by its own report (Ollama's /api/ps): all of it, and the part on the GPU."""
+
+    name: str
+    size_mib: float
+    vram_mib: float
+
+    @property
+    def spilled(self) -> bool:
+        """Part of it is in host memory, so the CPU computes that part."""
+        return self.vram_mib < self.size_mib
+
+
+@dataclass(frozen=True)
 class ScaledBudget:
     """The planner's suggestion for one engine: its memory flag set so that its budget is `budget_mib`."""
 
@@ -72,6 +86,8 @@ class EngineAdapter(ABC):
     tokenize_flavour: ClassVar[str | None] = None
     """'llamacpp' or 'vllm': the body its POST /tokenize and /detokenize take (servelab.measure.tokens); None: none."""
     counter_names: ClassVar[CounterNames | None] = None
+    loaded_models_path: ClassVar[str | None] = None
+    """Where the server lists the models it holds and their memory (Ollama's /api/ps); None: it has no such list."""
     packages: ClassVar[tuple[str, ...]] = ()
     """Python packages whose versions the manifest records when they are installed here."""
 
@@ -121,6 +137,21 @@ class EngineAdapter(ABC):
 
     def tokenize_flavour_for(self, deployment: Deployment) -> str | None:
         return self.tokenize_flavour
+
+    def loaded_models_path_for(self, deployment: Deployment) -> str | None:
+        return self.loaded_models_path
+
+    def loaded_models(self, body: Any) -> list[LoadedModel]:
+        """The models listed in the parsed JSON of `loaded_models_path`; [] for an engine that lists none."""
+        return []
+
+    def endpoint_url(self, deployment: Deployment) -> str | None:
+        """The URL of a server that runs already (`starts_server` False); None for one servelab starts."""
+        return None
+
+    def api_key_env(self, deployment: Deployment) -> str | None:
+        """The environment variable whose value is sent as a bearer token; None: no key is sent."""
+        return None
 
     def is_healthy(self, response: httpx.Response) -> bool:
         return response.status_code == 200
