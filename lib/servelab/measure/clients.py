@@ -70,7 +70,7 @@ class Target:
         from servelab.serve.engines import adapter_for
 
         adapter = adapter_for(deployment)
-        flavour = adapter.api_flavour
+        flavour = adapter.api_flavour_for(deployment)
         if flavour not in ("openai", "ollama"):
             raise ValueError(f"engine {deployment.engine.kind!r} has unknown api_flavour {flavour!r}")
         return cls(

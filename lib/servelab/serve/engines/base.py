@@ -215,6 +215,7 @@ def register(adapter: type[EngineAdapter]) -> type[EngineAdapter]:
 
 
 _NOT_ADAPTERS = frozenset({"base", "containers"})
+"""Modules of this folder that hold what the adapters share, not an engine."""
 
 
 def known_kinds() -> list[str]:
@@ -232,6 +233,8 @@ def adapter_for_kind(kind: str) -> EngineAdapter:
                 f"Add lib/servelab/serve/engines/{kind}.py (see docs/engines.md)"
             )
         importlib.import_module(f"servelab.serve.engines.{kind}")
+        if kind not in ENGINES:
+            raise EngineError(f"servelab/serve/engines/{kind}.py registers no adapter of kind {kind!r}; decorate its class with @register")
     return ENGINES[kind]()
 
 
