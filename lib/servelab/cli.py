@@ -27,6 +27,23 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from servelab.bench import bench, bench_params
+
+    data = bench_params(
+        args.url, args.model, concurrency=args.concurrency, rate=args.rate, languages=args.languages,
+        input_tokens=args.input_tokens, output_tokens=args.output_tokens, api=args.api, chat=args.chat,
+        metrics=args.metrics, api_key_env=args.api_key_env, requests_per_point=args.requests,
+    )
+    saved = (args.save_params or f"{data['name']}.yaml") if args.save_params is not None else None
+    result = bench(data, outputs_dir=args.outputs, save_params=saved)
+    if saved is not None:
+        print(f"params: {saved}")
+    print(f"run folder: {result.run_dir}")
+    print(f"report: {result.report}")
+    return 0
+
+
 def _report(args: argparse.Namespace) -> int:
     from servelab.run import reanalyse
 
@@ -131,6 +148,26 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", metavar="RUN_ID", help="complete an interrupted run instead of starting a new one")
     run.add_argument("--dry-run", action="store_true", help="print the grid and an estimated duration, run nothing")
     run.set_defaults(handler=_run)
+
+    bench = commands.add_parser("bench", help="measure a server that runs already, at URL; writes a run folder and report")
+    bench.add_argument("url", help="where it answers, without /v1: http://127.0.0.1:8000")
+    bench.add_argument("--model", required=True, help="the model name requests carry")
+    load = bench.add_mutually_exclusive_group()
+    load.add_argument("--concurrency", type=int, nargs="+", metavar="N", help="closed loop at each level (default 1)")
+    load.add_argument("--rate", type=float, nargs="+", metavar="REQ_S", help="Poisson arrivals at each rate, req/s")
+    bench.add_argument("--languages", nargs="+", default=["en"], help="prompt sets: en ko zh ja es random")
+    bench.add_argument("--input-tokens", type=int, help="prompt length, tokens (default 128)")
+    bench.add_argument("--output-tokens", type=int, help="max_tokens of every request (default 64)")
+    bench.add_argument("--requests", type=int, help="measured requests per load point (default 32)")
+    bench.add_argument("--api", choices=["openai", "ollama"], default="openai", help="the API the server speaks")
+    bench.add_argument("--chat", action="store_true", help="chat completions instead of completions")
+    bench.add_argument("--metrics", choices=["vllm", "sglang", "llamacpp", "none"], default="none",
+                       help="whose /metrics counters the server has, to check the client against it")
+    bench.add_argument("--api-key-env", metavar="NAME", help="environment variable holding the API key (sent as a bearer token)")
+    bench.add_argument("--outputs", default="outputs", help="where the run folder goes (default: outputs)")
+    bench.add_argument("--save-params", nargs="?", const="", metavar="PATH",
+                       help="keep the generated params file (default path: ./<name>.yaml)")
+    bench.set_defaults(handler=_bench)
 
     report = commands.add_parser(
         "report", help="analyse a recorded run folder again (memory and report notebooks) and export its HTML; starts nothing"

@@ -18,14 +18,19 @@ from servelab.errors import OutputsError
 from servelab.params import Params
 from servelab.records import MANIFEST_FILE, SCHEMA_VERSION
 from servelab.secrets import redact
+from servelab.serve.engines import all_adapters
 
 PACKAGES = (
     "servelab", "httpx", "pandas", "numpy", "pydantic", "papermill", "nbconvert", "nbclient", "jupyterlab",
-    "ipykernel", "matplotlib", "seaborn", "nvidia-ml-py", "psutil", "tqdm", "uvloop", "vllm", "sglang", "torch",
+    "ipykernel", "matplotlib", "seaborn", "nvidia-ml-py", "psutil", "tqdm", "uvloop",
 )
+"""servelab's own packages; each engine adapter names its engine's (`EngineAdapter.packages`)."""
+
+
 def package_versions() -> dict[str, str]:
+    engines = [name for adapter in all_adapters().values() for name in adapter.packages]
     versions = {}
-    for name in PACKAGES:
+    for name in dict.fromkeys(PACKAGES + tuple(engines)):
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

@@ -13,6 +13,7 @@ from servelab.analyse import frames as tables
 from servelab.manifest import read_manifest
 from servelab.params import Params, parse_params
 from servelab.records import MANIFEST_FILE
+from servelab.serve.engines import adapter_for
 from servelab.session import Lab, lab, latest_run, open_run
 
 _stack = ExitStack()
@@ -65,10 +66,12 @@ def deployment_table(current: Lab) -> pd.DataFrame:
 
     memory = tables.memory_frame(current.run_dir)
     idle = idle_memory_mib(memory)
+    deployments = {deployment.name: deployment for deployment in current.params.deployments}
     rows = []
     for server in current.servers:
         try:
-            healthy = httpx.get(server.base_url + _health_path(server), timeout=5).status_code == 200
+            health_path = adapter_for(deployments[server.name]).health_path_for(deployments[server.name])
+            healthy = httpx.get(server.base_url + health_path, timeout=5).status_code == 200
         except httpx.HTTPError:
             healthy = False
         rows.append(
@@ -85,13 +88,6 @@ def deployment_table(current: Lab) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
-
-
-def _health_path(server: object) -> str:
-    from servelab.serve.engines.base import ENGINES
-
-    adapter = ENGINES.get(getattr(server, "framework", ""))
-    return adapter.health_path if adapter else "/health"
 
 
 def idle_memory_mib(memory: pd.DataFrame) -> dict[str, float]:

@@ -7,6 +7,7 @@ A params file names what to deploy (`deployments`), what load to put on it (`swe
 from __future__ import annotations
 
 import re
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -83,6 +84,7 @@ class OllamaEngine(Strict):
     num_ctx: int = Field(2048, ge=256, description="OLLAMA_CONTEXT_LENGTH: context per sequence, tokens")
     num_parallel: int = Field(1, ge=1, le=256, description="OLLAMA_NUM_PARALLEL: requests served at once per model")
     keep_alive: str = Field("5m", description="how long a model stays loaded after its last request")
+    max_loaded_models: int | None = Field(None, ge=1, le=64, description="OLLAMA_MAX_LOADED_MODELS: models one server holds at once; default: Ollama's")
     binary: str = Field("ollama", description="the ollama executable, for native launch")
     image: str = Field("ollama/ollama:0.12.6", description="compose image, pinned")
     extra_args: tuple[str, ...] = Field((), description="more command-line flags, passed through as they are")
@@ -95,10 +97,28 @@ class OllamaEngine(Strict):
         return value
 
 
+class EndpointEngine(Strict):
+    """A server that runs already, anywhere servelab can reach: servelab neither starts nor stops it."""
+
+    kind: Literal["endpoint"] = "endpoint"
+    base_url: str = Field(pattern=r"^https?://[^\s/?#@]+(/[^\s?#]*)?$", description="where it answers, without /v1: http://127.0.0.1:8000, https://host/prefix")
+    api: Literal["openai", "ollama"] = Field("openai", description="openai: /v1/completions, /v1/chat/completions (SSE); ollama: /api/generate, /api/chat (NDJSON)")
+    served_model: str | None = Field(None, min_length=1, description="the model name requests carry; default: the deployment's model")
+    metrics: Literal["vllm", "sglang", "llamacpp", "none"] = Field("none", description="whose /metrics counters it serves (to check the client against the server), or none")
+
+    @field_validator("base_url")
+    @classmethod
+    def _no_trailing_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+
 EngineParams = Annotated[
-    LlamaCppEngine | VllmEngine | SglangEngine | OllamaEngine, Field(discriminator="kind")
+    LlamaCppEngine | VllmEngine | SglangEngine | OllamaEngine | EndpointEngine, Field(discriminator="kind")
 ]
-FRAMEWORKS = ("llamacpp", "vllm", "sglang", "ollama")
+FRAMEWORKS = tuple(
+    typing.get_args(member.model_fields["kind"].annotation)[0] for member in typing.get_args(typing.get_args(EngineParams)[0])
+)
+"""Every engine kind, in the union's order; adding a class to the union registers its kind."""
 
 
 # ----------------------------------------------------------------------------------------------- models
@@ -112,7 +132,7 @@ class Deployment(Strict):
     port: int | None = Field(None, ge=1024, le=65535, description="default: a free loopback port")
     startup_timeout_s: float = Field(600.0, gt=0, le=7200, description="seconds to wait for the health check before giving up")
     env: dict[str, str] = Field(default_factory=dict, description="plain environment; secrets belong in the environment, named in secret_env")
-    secret_env: tuple[str, ...] = Field((), description="names of environment variables passed through, never their values")
+    secret_env: tuple[str, ...] = Field((), description="names of environment variables passed through, never their values; for kind endpoint, the one that holds its API key (sent as a bearer token)")
     gpus: tuple[int, ...] | None = Field(None, description="the GPUs this server may use, by index: CUDA_VISIBLE_DEVICES natively, device_ids in compose; default: all")
 
     @field_validator("gpus")

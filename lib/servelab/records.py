@@ -32,6 +32,7 @@ GPU_FILE = "gpu.csv"
 HOST_MEMORY_FILE = "host_memory.csv"
 SUMMARY_FILE = "summary.csv"
 MANIFEST_FILE = "manifest.json"
+LOADED_MODELS_FILE = "loaded_models.jsonl"
 
 
 @dataclass(slots=True)
@@ -109,6 +110,23 @@ class PointRecord:
     message: str | None = None
     interference: bool = False
     """True when every deployment was under load at once (the interference point)."""
+    schema_version: int = SCHEMA_VERSION
+
+
+@dataclass(slots=True)
+class LoadedModelRecord:
+    """One model a server held at the end of a load point, by the server's own report (Ollama's /api/ps)."""
+
+    point_id: str
+    deployment: str
+    t_ns: int
+    model: str
+    size_mib: float
+    vram_mib: float
+    spilled: bool
+    """Part of the model was in host memory (vram_mib < size_mib): the CPU computed that part."""
+    served_for: str | None = None
+    """The deployment of this run that sends requests to this model on this server; None: none of them."""
     schema_version: int = SCHEMA_VERSION
 
 

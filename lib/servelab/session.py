@@ -94,6 +94,8 @@ def _record_engines(run_dir: Path, fleet: Fleet) -> None:
             "argv": server.argv,
             "ready_s": round(server.ready_s, 3),
             "shape_only": server.shape_only,
+            # A server that ran already: whose memory was measured (its process, found by port), or why not.
+            **({} if server.started else {"started": False, "memory": server.listener}),
         }
         for server in fleet
     }

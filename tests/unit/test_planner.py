@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from servelab.params import Deployment, Params, parse_params
 from servelab.serve.engines.llamacpp import embedded_gguf
+from servelab.serve.engines.vllm import VLLM_CUDA_CONTEXT_MIB
 from servelab.serve.planner import (
-    VLLM_CUDA_CONTEXT_MIB,
     format_plan,
     plan,
     predict,

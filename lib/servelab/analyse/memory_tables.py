@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 
 from servelab.analyse.metrics import percent_off
@@ -14,7 +16,8 @@ from servelab.observe import (
     memory_under_load,
     peaks,
 )
-from servelab.params import Params, VllmEngine
+from servelab.params import Params
+from servelab.records import LOADED_MODELS_FILE, read_jsonl
 from servelab.serve.planner import plan, seed_formula_mib
 
 
@@ -81,13 +84,13 @@ def planner_comparison(params: Params, samples: pd.DataFrame, points: pd.DataFra
     prediction = plan(params, total_mib=total if on_gpu else 1.0, reserve_mib=0.0)
     available = total - baseline_used_mib(samples) if on_gpu else None
     rows = []
-    for footprint, deployment in zip(prediction.footprints, _in_start_order(params), strict=True):
-        if (footprint.memory == "gpu") != on_gpu:
+    for footprint in prediction.footprints:
+        if footprint.memory not in ("gpu", "host") or (footprint.memory == "gpu") != on_gpu:  # 'elsewhere': not predicted
             continue
-        got = measured.get(deployment.name)
-        peak = top.get(deployment.name)
+        got = measured.get(footprint.deployment)
+        peak = top.get(footprint.deployment)
         row = {
-            "deployment": deployment.name,
+            "deployment": footprint.deployment,
             "memory": footprint.memory,
             "formula": footprint.formula,
             "predicted_mib": round(footprint.predicted_mib, 1),
@@ -96,19 +99,13 @@ def planner_comparison(params: Params, samples: pd.DataFrame, points: pd.DataFra
             "peak_mib": None if peak is None else round(float(peak), 1),
             "peak_error_pct": percent_off(footprint.predicted_mib, peak),
         }
-        if isinstance(deployment.engine, VllmEngine) and available is not None and footprint.weights_mib is not None:
-            seed = seed_formula_mib(footprint.weights_mib, available, deployment.engine.gpu_memory_utilization, footprint.overhead_mib)
+        if footprint.seed_fraction is not None and available is not None and footprint.weights_mib is not None:
+            seed = seed_formula_mib(footprint.weights_mib, available, footprint.seed_fraction, footprint.overhead_mib)
             row["seed_formula_mib"] = round(seed, 1)
             row["seed_error_pct"] = percent_off(seed, got)
             available -= got or footprint.predicted_mib
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def _in_start_order(params: Params) -> list:
-    from servelab.serve.deploy import start_order
-
-    return start_order(params.deployments)
 
 
 def planner_sentence(comparison: pd.DataFrame) -> str:
@@ -161,3 +158,88 @@ def energy(samples: pd.DataFrame) -> pd.DataFrame:
     if _source(samples) != "nvml":
         return pd.DataFrame({"note": ["needs NVML's energy counter: not available without a GPU"]})
     return energy_per_deployment(samples)
+
+
+def endpoint_memory(engines: dict, samples: pd.DataFrame, points: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per server that ran already (kind endpoint, `started: False` in the manifest's engines): the process its
+    memory was measured for, found through its port, with its idle and peak memory; or 'not measured: remote
+    endpoint', with no figure (never a zero)."""
+    measured = _measured_mib(samples, points) if not samples.empty else pd.Series(dtype=float)
+    top = peaks(samples).set_index("deployment")["peak_mib"] if not samples.empty else pd.Series(dtype=float)
+    rows = []
+    for name, engine in engines.items():
+        if engine.get("started", True):
+            continue
+        idle, peak = measured.get(name), top.get(name)
+        found = idle is not None or peak is not None
+        rows.append({
+            "deployment": name,
+            "memory": ("gpu" if _source(samples) == "nvml" else "host") if found else "not measured",
+            "process": engine.get("memory") or "not measured: remote endpoint",
+            "measured_mib": None if idle is None else round(float(idle), 1),
+            "peak_mib": None if peak is None else round(float(peak), 1),
+        })
+    return pd.DataFrame(rows)
+
+
+def loaded_models_frame(run_dir: Path) -> pd.DataFrame:
+    """`loaded_models.jsonl`: the models each server said it held at the end of each load point (Ollama's /api/ps)."""
+    return pd.DataFrame(list(read_jsonl(run_dir / LOADED_MODELS_FILE)))
+
+
+def loaded_models(run_dir: Path, samples: pd.DataFrame) -> pd.DataFrame:
+    """Ollama's own account of the models it held at each load point (`ollama_checks`), or a note where no server
+    of the run lists its models."""
+    table = ollama_checks(loaded_models_frame(run_dir), samples)
+    if table.empty:
+        return pd.DataFrame({"note": ["no server in this run lists the models it holds (Ollama's /api/ps)"]})
+    return table.set_index(["point_id", "model"])
+
+
+def ollama_checks(loaded: pd.DataFrame, samples: pd.DataFrame) -> pd.DataFrame:
+    """At each load point, the models an Ollama server held by its own /api/ps (`loaded_models.jsonl`): size, the
+    part on the GPU, whether some spilled to host memory, and, with NVML samples, `ollama_cross_check` of the
+    reported GPU memory against what NVML measured for that server's processes at that moment."""
+    from servelab.observe import ollama_cross_check
+
+    if loaded.empty:
+        return pd.DataFrame()
+    rows = []
+    process = samples[samples["scope"] == "process"] if not samples.empty else samples
+    on_gpu = _source(samples) == "nvml"
+    for (point_id, deployment), group in loaded.groupby(["point_id", "deployment"], sort=False):
+        t_ns = int(group["t_ns"].iloc[0])
+        measured = None
+        if on_gpu and not process.empty:
+            own = process[process["deployment"] == deployment]
+            if not own.empty:
+                nearest = own.loc[(own["t_ns"] - t_ns).abs().idxmin(), "t_ns"]
+                measured = float(own[own["t_ns"] == nearest]["used_mib"].sum())
+        ps = {"models": [{"name": m, "size_vram": v * 1024 * 1024} for m, v in zip(group["model"], group["vram_mib"], strict=True)]}
+        check = ollama_cross_check(ps, measured) if measured is not None else None
+        for row in group.itertuples():
+            rows.append({
+                "point_id": point_id, "deployment": deployment, "model": row.model, "size_mib": row.size_mib,
+                "vram_mib": row.vram_mib, "on_gpu_pct": round(100 * row.vram_mib / row.size_mib, 1) if row.size_mib else None,
+                "spilled_to_cpu": bool(row.spilled),
+                "server_reported_vram_mib": None if check is None else round(check.reported_mib, 1),
+                "nvml_measured_mib": None if check is None else round(check.measured_mib, 1),
+            })
+    return pd.DataFrame(rows)
+
+
+def spill_warnings(loaded: pd.DataFrame) -> list[str]:
+    """One sentence per model that Ollama kept partly in host memory at some load point."""
+    if loaded.empty or not loaded["spilled"].any():
+        return []
+    notes = []
+    for model, group in loaded[loaded["spilled"].astype(bool)].groupby("model", sort=False):
+        worst = group.loc[(group["vram_mib"] / group["size_mib"]).idxmin()]
+        users = sorted(set(group.get("served_for", pd.Series(dtype=object)).dropna()))
+        served = f" (served for {', '.join(users)})" if users else ""
+        notes.append(
+            f"{model}{served} spilled to the CPU at {group['point_id'].nunique()} load point(s): at worst "
+            f"{worst['vram_mib']:,.0f} of its {worst['size_mib']:,.0f} MiB were on the GPU (Ollama's /api/ps), so part of "
+            f"it ran on the CPU and its speed is not the GPU's."
+        )
+    return notes

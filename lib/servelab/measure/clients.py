@@ -16,7 +16,7 @@ import asyncio
 import functools
 import json
 from collections.abc import Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from servelab.clock import now_ns
@@ -61,6 +61,8 @@ class Target:
     """What requests carry in their `model` field."""
     base_url: str
     api_flavour: ApiFlavour
+    headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    """Sent with every request: an endpoint's bearer token (never written to a record)."""
 
     @classmethod
     def for_deployment(cls, deployment: Deployment, base_url: str) -> Target:
@@ -68,7 +70,7 @@ class Target:
         from servelab.serve.engines import adapter_for
 
         adapter = adapter_for(deployment)
-        flavour = adapter.api_flavour
+        flavour = adapter.api_flavour_for(deployment)
         if flavour not in ("openai", "ollama"):
             raise ValueError(f"engine {deployment.engine.kind!r} has unknown api_flavour {flavour!r}")
         return cls(
@@ -431,7 +433,8 @@ async def send(
     url = _url(target.base_url, PATHS[(target.api_flavour, api)])
     body = request_body(target, prompt.text, api=api, output_tokens=output_tokens, ignore_eos=ignore_eos)
     content = json.dumps(body, ensure_ascii=False).encode("utf-8")
-    request = request_bytes(url, HEADERS[target.api_flavour], content)
+    headers = {**HEADERS[target.api_flavour], **dict(target.headers)} if target.headers else HEADERS[target.api_flavour]
+    request = request_bytes(url, headers, content)
     record.prompt_chars = len(prompt.text)
     keep_text = token_counter is not None
     stream: _Stream = (

@@ -32,10 +32,12 @@ from servelab.measure.prompts import Prompt, build_prompts
 from servelab.measure.tokens import JsonTokenizer, ServerTokenizer, local_tokenizer
 from servelab.params import ConcurrencyLoad, Params, Sweep
 from servelab.records import (
+    LOADED_MODELS_FILE,
     POINTS_FILE,
     REQUESTS_FILE,
     SUMMARY_FILE,
     JsonlWriter,
+    LoadedModelRecord,
     PointRecord,
     RequestRecord,
     latest_points,
@@ -43,7 +45,8 @@ from servelab.records import (
     read_requests,
     rewrite_jsonl,
 )
-from servelab.serve.deploy import Fleet, RunningServer
+from servelab.serve.deploy import Fleet, RunningServer, api_key_headers
+from servelab.serve.engines import adapter_for_kind
 
 log = logging.getLogger(__name__)
 FINISHED = ("done", "failed")
@@ -114,6 +117,7 @@ def target_for(server: RunningServer) -> Target:
         served_model=server.served_model,
         base_url=server.base_url,
         api_flavour=server.api_flavour,  # type: ignore[arg-type]
+        headers=tuple(api_key_headers(server.api_key_env).items()),
     )
 
 
@@ -151,17 +155,13 @@ def prompt_count(point: LoadPoint, params: Params) -> int:
     return max(64, int(point.load_value * params.sweep.duration_s * 1.25))
 
 
-SERVER_TOKENIZERS = ("llamacpp", "vllm")
-"""Frameworks whose server has /tokenize and /detokenize (servelab.measure.tokens.ServerTokenizer)."""
-
-
 def prompt_tokenizer(server: RunningServer) -> JsonTokenizer | ServerTokenizer | None:
     """What cuts this server's prompts to length: the tokenizer.json in its model folder, else the server's own
     /tokenize, else None (lengths estimated from characters, and the report warns when they come out far off)."""
     local = local_tokenizer(server.model_path)
-    if local is not None or server.framework not in SERVER_TOKENIZERS:
+    if local is not None or server.tokenize_flavour is None:
         return local
-    remote = ServerTokenizer(server.base_url, flavour=server.framework, model=server.served_model)  # type: ignore[arg-type]
+    remote = ServerTokenizer(server.base_url, flavour=server.tokenize_flavour, model=server.served_model)  # type: ignore[arg-type]
     try:
         _, counted = remote.prefix("servelab cuts prompts in the server's own tokens", 2)
         if counted != 2:
@@ -228,6 +228,28 @@ async def _run_point(
         return list(await asyncio.gather(*jobs))
 
 
+def loaded_models_records(server: RunningServer, point_id: str, fleet: Fleet | None = None) -> list[LoadedModelRecord]:
+    """The models `server` holds now and their memory, by its own list (Ollama's /api/ps), each with the deployment
+    of `fleet` that uses it (one `ollama serve` may hold the models of several); [] where it keeps no such list or
+    does not answer (logged: a missing list is no reason to stop a run)."""
+    if server.loaded_models_path is None:
+        return []
+    try:
+        response = httpx.get(server.base_url + server.loaded_models_path, headers=api_key_headers(server.api_key_env), timeout=10.0)
+        response.raise_for_status()
+        body = response.json()
+    except (httpx.HTTPError, ValueError) as error:
+        log.warning("%s: no list of loaded models from %s (%s)", server.name, server.loaded_models_path, error)
+        return []
+    t_ns = now_ns()
+    users = {s.served_model: s.name for s in (fleet or ()) if s.base_url == server.base_url}
+    return [
+        LoadedModelRecord(point_id, server.name, t_ns, model.name, round(model.size_mib, 1), round(model.vram_mib, 1),
+                          model.spilled, users.get(model.name))
+        for model in adapter_for_kind(server.framework).loaded_models(body)
+    ]
+
+
 def _point_record(point: LoadPoint, server: RunningServer, status: str, start_ns: int) -> PointRecord:
     return PointRecord(
         point_id=point.point_id(server.name),
@@ -260,6 +282,7 @@ def run_sweep(params: Params, run_dir: Path, fleet: Fleet, progress: bool = True
     with (
         JsonlWriter(run_dir / REQUESTS_FILE) as writer,
         JsonlWriter(run_dir / POINTS_FILE, fsync_every=1) as marks,
+        JsonlWriter(run_dir / LOADED_MODELS_FILE) as loaded,
         prompt_tokenizers(fleet[name] for name in deployments) as tokenizers,
     ):
         bar = tqdm(todo, desc="load points", unit="point", disable=not progress)
@@ -270,6 +293,9 @@ def run_sweep(params: Params, run_dir: Path, fleet: Fleet, progress: bool = True
                 marks.write(_point_record(point, fleet[name], "started", start))
             outcomes = run_sync(_run_point(point, params, fleet, writer, params.sweep.seed + 1000 * index, tokenizers, ceiling))
             writer.sync()
+            for name in point.deployments:
+                for model in loaded_models_records(fleet[name], point.point_id(name), fleet):
+                    loaded.write(model)
             dead = fleet.dead()
             for name, outcome in zip(point.deployments, outcomes, strict=True):
                 record = _point_record(point, fleet[name], "done", start)

@@ -9,34 +9,17 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from servelab.clock import now_ns
+from servelab.serve.engines import all_adapters
 
-GENERATED_TOKEN_COUNTERS = (
-    "vllm:generation_tokens",  # vLLM v1 (the parser drops the _total suffix of counters)
-    "sglang:generation_tokens",
-    "llamacpp:tokens_predicted",
-)
+_NAMES = [names for adapter in all_adapters().values() if (names := adapter.counter_names) is not None]
+"""Each engine's counter names, from its adapter; an endpoint reads those of the engine it names."""
 
-REQUESTS_IN_ENGINE = (
-    ("vllm:num_requests_running", "vllm:num_requests_waiting"),
-    ("sglang:num_running_reqs", "sglang:num_queue_reqs"),
-    ("llamacpp:requests_processing", "llamacpp:requests_deferred"),
-)
+GENERATED_TOKEN_COUNTERS = tuple(names.generated_tokens for names in _NAMES)
+REQUESTS_IN_ENGINE = tuple((names.running, names.waiting) for names in _NAMES)
 """(running, waiting) gauges: the requests an engine holds at this moment."""
-
-ENGINE_TTFT = (
-    ("vllm:time_to_first_token_seconds_sum", "vllm:time_to_first_token_seconds_count"),
-    ("sglang:time_to_first_token_seconds_sum", "sglang:time_to_first_token_seconds_count"),
-)
-"""(seconds, count) pairs of the engines' own time to first token; llama.cpp keeps none."""
-
-ENGINE_TPOT = (
-    # vLLM: each request's mean time per output token, one observation per request.
-    ("vllm:request_time_per_output_token_seconds_sum", "vllm:request_time_per_output_token_seconds_count"),
-    # SGLang: every gap between two output tokens.
-    ("sglang:inter_token_latency_seconds_sum", "sglang:inter_token_latency_seconds_count"),
-    # llama.cpp: each finished request's generation time and tokens, summed.
-    ("llamacpp:tokens_predicted_seconds", "llamacpp:tokens_predicted"),
-)
+ENGINE_TTFT = tuple(names.ttft for names in _NAMES if names.ttft is not None)
+"""(seconds, count) pairs of the engines' own time to first token."""
+ENGINE_TPOT = tuple(names.tpot for names in _NAMES if names.tpot is not None)
 """(seconds, count) pairs of the engines' own time per output token. With fixed-length outputs (ignore_eos) a mean per
 request and a mean per token are the same figure."""
 

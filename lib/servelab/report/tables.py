@@ -138,6 +138,8 @@ def prompt_length_warnings(summary: pd.DataFrame, target_tokens: int) -> list[st
 
 def warnings(run_dir: Path, summary: pd.DataFrame, samples: pd.DataFrame) -> pd.DataFrame:
     """Things a reader must know before trusting the numbers."""
+    from servelab.analyse import memory_tables as memory_report
+
     manifest = read_manifest(run_dir)
     notes = []
     if any(engine.get("shape_only") for engine in manifest.get("engines", {}).values()):
@@ -149,6 +151,7 @@ def warnings(run_dir: Path, summary: pd.DataFrame, samples: pd.DataFrame) -> pd.
     sweep = (manifest.get("params") or {}).get("sweep") or {}
     if sweep.get("input_tokens") and not sweep.get("prompts_file"):
         notes.extend(prompt_length_warnings(summary, int(sweep["input_tokens"])))
+    notes.extend(memory_report.spill_warnings(memory_report.loaded_models_frame(run_dir)))
     calibration = manifest.get("calibration")
     if calibration is None:
         notes.append("The client was not calibrated for this run (`servelab calibrate`); its ceiling is unknown.")
@@ -180,12 +183,17 @@ def memory(run_dir: Path, samples: pd.DataFrame, points: pd.DataFrame) -> pd.Dat
     from servelab.notebook import recorded
 
     comparison = memory_report.planner_comparison(recorded(str(run_dir)).params, samples, points)
-    if comparison.empty:
+    endpoints = memory_report.endpoint_memory(read_manifest(run_dir).get("engines", {}), samples, points)
+    if comparison.empty and endpoints.empty:
         return pd.DataFrame({"note": ["no memory was sampled for a deployment the planner can predict"]})
     columns = ["deployment", "memory", "predicted_mib", "measured_mib", "error_pct", "peak_mib", "peak_error_pct"]
     names = {"predicted_mib": "planner MiB", "measured_mib": "idle MiB", "error_pct": "planner vs idle %",
              "peak_mib": "peak MiB", "peak_error_pct": "planner vs peak %"}
-    return comparison[columns].rename(columns=names).set_index("deployment")
+    table = comparison[columns] if not comparison.empty else pd.DataFrame(columns=columns)
+    if not endpoints.empty:
+        # Servers that ran already: the process measured (found by its port), or why none was.
+        table = pd.concat([table, endpoints], ignore_index=True)
+    return table.rename(columns=names).set_index("deployment")
 
 
 def memory_sentences(samples: pd.DataFrame, table: pd.DataFrame) -> str:

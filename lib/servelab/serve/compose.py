@@ -8,9 +8,7 @@ pinned image tags, loopback-only ports, and secrets only as `${NAME}` references
 
 from __future__ import annotations
 
-import copy
 import logging
-import math
 import re
 from pathlib import Path
 from typing import Any
@@ -19,69 +17,17 @@ import yaml
 
 from servelab.errors import ParamsError
 from servelab.params import Deployment, Params, params_stem
-from servelab.serve.engines.base import adapter_for
-from servelab.serve.models import SHAPE_FRAMEWORKS, model_size_billion, prepare_shape, shape_of
+from servelab.serve.engines.base import adapter_for, start_order
+from servelab.serve.engines.containers import SHAPES_DIR
+from servelab.serve.models import prepare_shape
 
 logger = logging.getLogger(__name__)
 
-MODEL_CACHE_VOLUME = "model-cache"
-SHAPES_DIR = "shapes"
-"""Shape folders live in `<compose dir>/shapes/<shape>` and are mounted read-only at /shapes/<shape>."""
-SHAPES_IN_CONTAINER = "/shapes"
 FIRST_HOST_PORT = 8001
-GPU_RESERVATION = {"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}
 SERVICE_KEY_ORDER = (
     "profiles", "image", "entrypoint", "command", "environment", "ports", "volumes", "ipc", "shm_size",
     "deploy", "healthcheck", "depends_on", "restart",
 )
-
-
-# ----------------------------------------------------------------------------------------------- for adapters
-def gpu_service(deployment: Deployment, image: str, host_port: int, container_port: int) -> dict[str, Any]:
-    """The parts every GPU server shares: image, loopback port, model cache (+ shape folder), GPU reservation."""
-    volumes = [f"{MODEL_CACHE_VOLUME}:/root/.cache"]
-    if deployment.shape is not None:
-        name = shape_of(deployment).name
-        volumes.append(f"./{SHAPES_DIR}/{name}:{SHAPES_IN_CONTAINER}/{name}:ro")
-    return {
-        "image": image,
-        "ports": [f"127.0.0.1:{host_port}:{container_port}"],
-        "volumes": volumes,
-        "shm_size": "8gb",
-        "deploy": {"resources": {"reservations": {"devices": [gpu_reservation(deployment)]}}},
-    }
-
-
-def gpu_reservation(deployment: Deployment) -> dict[str, Any]:
-    """Every GPU, or the deployment's `gpus` as device_ids (compose allows count or device_ids, not both)."""
-    if deployment.gpus is None:
-        return copy.deepcopy(GPU_RESERVATION)
-    return {"driver": "nvidia", "device_ids": [str(index) for index in deployment.gpus], "capabilities": ["gpu"]}
-
-
-def container_model(deployment: Deployment) -> str:
-    """What a containerised server loads: the mounted shape folder, or the model id as written."""
-    if deployment.shape is not None:
-        return f"{SHAPES_IN_CONTAINER}/{shape_of(deployment).name}"
-    return deployment.model
-
-
-def healthcheck(deployment: Deployment, test: list[str]) -> dict[str, Any]:
-    """Probe every 5 s; failures during the deployment's startup_timeout_s do not count."""
-    return {
-        "test": test,
-        "interval": "5s",
-        "timeout": "3s",
-        "retries": 3,
-        "start_period": f"{math.ceil(deployment.startup_timeout_s)}s",
-    }
-
-
-def http_healthcheck(deployment: Deployment, container_port: int, path: str) -> dict[str, Any]:
-    """A GET from inside the container with the image's own python3 (no curl needed)."""
-    url = f"http://127.0.0.1:{container_port}{path}"
-    probe = f"import urllib.request; urllib.request.urlopen({url!r}, timeout=3)"
-    return healthcheck(deployment, ["CMD", "python3", "-c", probe])
 
 
 # ----------------------------------------------------------------------------------------------- checks
@@ -101,29 +47,11 @@ def check_image_pinned(image: str, where: str) -> None:
 
 
 def _check(deployment: Deployment, index: int) -> None:
-    check_image_pinned(deployment.engine.image, f"deployments[{index}].engine.image")
-    if deployment.shape is not None and deployment.engine.kind not in SHAPE_FRAMEWORKS:
-        shape_of(deployment)
-
-
-def memory_fraction(deployment: Deployment) -> float | None:
-    """The share of the GPU the server claims (vLLM gpu_memory_utilization, SGLang mem_fraction_static)."""
-    for name in ("gpu_memory_utilization", "mem_fraction_static"):
-        value = getattr(deployment.engine, name, None)
-        if value is not None:
-            return float(value)
-    return None
-
-
-def start_order(deployments: list[Deployment]) -> list[Deployment]:
-    """Smallest first: by memory fraction, then model size in parameters, then the order in the params."""
-    def key(item: tuple[int, Deployment]) -> tuple[float, float, int]:
-        index, deployment = item
-        fraction = memory_fraction(deployment)
-        size = model_size_billion(deployment)
-        return (math.inf if fraction is None else fraction, math.inf if size is None else size, index)
-
-    return [deployment for _, deployment in sorted(enumerate(deployments), key=key)]
+    adapter = adapter_for(deployment)
+    image = adapter.image(deployment)
+    if image is not None:
+        check_image_pinned(image, f"deployments[{index}].engine.image")
+    adapter.check_shape(deployment)
 
 
 def host_ports(params: Params) -> dict[str, int]:
@@ -177,13 +105,15 @@ def compose_document(params: Params) -> dict[str, Any]:
     frameworks = list(dict.fromkeys(d.engine.kind for d in params.deployments))
     services: dict[str, dict[str, Any]] = {}
     for framework in frameworks:
-        group = start_order([d for d in params.deployments if d.engine.kind == framework])
-        fractions = [f for f in map(memory_fraction, group) if f is not None]
+        group = start_order(d for d in params.deployments if d.engine.kind == framework)
+        fractions = [f for f in (adapter_for(d).memory_fraction(d) for d in group) if f is not None]
         if sum(fractions) > 1.0:
             logger.warning("%s: memory fractions add up to %.2f > 1; the profile cannot co-locate", framework, sum(fractions))
         previous: str | None = None
         for deployment in group:
             service = adapter_for(deployment).compose_service(deployment, ports[deployment.name])
+            if service is None:
+                continue
             service["profiles"] = [framework]
             for key in ("entrypoint", "command"):
                 if key in service:

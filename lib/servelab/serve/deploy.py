@@ -30,6 +30,7 @@ from servelab.errors import DeployError, EngineError
 from servelab.params import Deployment, Params
 from servelab.secrets import redact_file
 from servelab.serve.engines import EngineAdapter, adapter_for
+from servelab.serve.engines.base import start_order
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +59,24 @@ class RunningServer:
     shape_only: bool = False
     model_path: str = ""
     """What the server loaded: a GGUF, a hub id, or a shape model's folder (its tokenizer too)."""
+    tokenize_flavour: str | None = None
+    """The body its /tokenize takes ('llamacpp' or 'vllm'), from its adapter; None: it has none."""
+    started: bool = True
+    """False for a server that ran already (kind endpoint): it is never stopped, and `pid` is 0 unless found."""
+    api_key_env: str | None = None
+    """The environment variable holding its API key (the name only: the value is read when sent, never stored)."""
+    listener: str = ""
+    """For a server that ran already: its process as found through its port, or why its memory is not measured."""
+    loaded_models_path: str | None = None
+    """Where it lists the models it holds and their memory (Ollama's /api/ps)."""
 
     @property
     def ready_s(self) -> float:
         return (self.ready_ns - self.launched_ns) / 1e9
 
     def alive(self) -> bool:
+        if not self.started and self.pid == 0:
+            return True  # a remote server: its health shows in its requests' errors
         try:
             process = psutil.Process(self.pid)
             return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
@@ -107,20 +120,6 @@ def _die_with_parent() -> None:
     libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
-def budget_fraction(deployment: Deployment) -> float:
-    """The share of the GPU a deployment asks for; the ordering key for 'smallest first'."""
-    engine = deployment.engine
-    for attribute in ("gpu_memory_utilization", "mem_fraction_static"):
-        if hasattr(engine, attribute):
-            return float(getattr(engine, attribute))
-    return 0.0
-
-
-def start_order(deployments: tuple[Deployment, ...]) -> list[Deployment]:
-    """Smallest first, so that the big ones see what the small ones took; ties keep the params order."""
-    return sorted(deployments, key=budget_fraction)
-
-
 def gpu_environment(deployment: Deployment) -> dict[str, str]:
     """CUDA_VISIBLE_DEVICES for a deployment that names its `gpus`; nothing for one that uses them all."""
     if deployment.gpus is None:
@@ -136,7 +135,7 @@ def _wait_healthy(
     adapter: EngineAdapter, deployment: Deployment, process: subprocess.Popen[bytes], base_url: str, log_path: Path
 ) -> None:
     deadline = time.monotonic() + deployment.startup_timeout_s
-    url = base_url + adapter.health_path
+    url = base_url + adapter.health_path_for(deployment)
     with httpx.Client(timeout=2.0) as client:
         while True:
             if process.poll() is not None:
@@ -226,13 +225,15 @@ class Fleet:
         if not self.owned:
             return
         for server in reversed(list(self.servers.values())):
-            stop_process_group(server.pid)
+            if server.started:
+                stop_process_group(server.pid)
         for process in self._processes.values():
             if process.poll() is None:
                 stop_process_group(process.pid)
             process.wait(timeout=10)
         for server in self.servers.values():
-            redact_file(Path(server.log_path))
+            if server.log_path:
+                redact_file(Path(server.log_path))
         self.servers.clear()
         self._processes.clear()
         (self.run_dir / STATE_FILE).unlink(missing_ok=True)
@@ -255,14 +256,129 @@ def _model_for(adapter: EngineAdapter, deployment: Deployment, run_dir: Path) ->
     return adapter.model_path(deployment)
 
 
+def api_key_headers(variable: str | None) -> dict[str, str]:
+    """The bearer token header of an endpoint's API key, read here from the environment variable it names; the
+    value is never written anywhere (deployments.json keeps the variable's name only)."""
+    if variable is None:
+        return {}
+    value = os.environ.get(variable)
+    if not value:
+        raise DeployError(f"{variable} is not set: export the endpoint's API key as {variable} (secret_env names it)")
+    return {"Authorization": f"Bearer {value}"}
+
+
+REMOTE_NOT_MEASURED = "not measured: remote endpoint"
+"""What the report says of the memory of a server that runs elsewhere (never zero)."""
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", "0.0.0.0", "::")
+
+
+def _local_addresses() -> set[str]:
+    addresses = set(LOCAL_HOSTS) | {socket.gethostname(), socket.getfqdn()}
+    for entries in psutil.net_if_addrs().values():
+        addresses.update(entry.address.split("%")[0] for entry in entries)
+    return addresses
+
+
+def listening_pid(base_url: str) -> int | None:
+    """The pid of the process listening on the URL's port, when the URL's host is this host; None otherwise (a
+    remote host, or a process this user may not see)."""
+    parts = httpx.URL(base_url)
+    if parts.host not in _local_addresses():
+        return None
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        connections = psutil.net_connections(kind="inet")
+    except psutil.AccessDenied:
+        return None
+    for connection in connections:
+        if connection.status == psutil.CONN_LISTEN and connection.laddr and connection.laddr.port == port and connection.pid:
+            return int(connection.pid)
+    return None
+
+
+def _describe_process(pid: int, port: int) -> str:
+    try:
+        name = psutil.Process(pid).name()
+    except psutil.Error:
+        name = "process"
+    return f"{name} (pid {pid}) on port {port}"
+
+
+def _wait_answering(adapter: EngineAdapter, deployment: Deployment, base_url: str, headers: dict[str, str]) -> None:
+    url = base_url + adapter.health_path_for(deployment)
+    deadline = time.monotonic() + deployment.startup_timeout_s
+    last = "no answer"
+    with httpx.Client(timeout=5.0, headers=headers) as client:
+        while True:
+            try:
+                response = client.get(url)
+                if adapter.is_healthy(response):
+                    return
+                last = f"HTTP {response.status_code}"
+            except httpx.HTTPError as error:
+                last = f"{type(error).__name__}: {error}"
+            if time.monotonic() > deadline:
+                raise EngineError(
+                    f"{deployment.name}: the endpoint did not answer {url} within startup_timeout_s="
+                    f"{deployment.startup_timeout_s:g} ({last}); check base_url, api and the API key"
+                )
+            time.sleep(0.5)
+
+
+def attach_endpoint(
+    adapter: EngineAdapter, deployment: Deployment, fleet: Fleet, on_launched: Callable[[str, int], None] | None = None
+) -> RunningServer:
+    """Add a server that runs already to `fleet`: check it answers, find its process when it is on this host (and
+    hand it to the memory sampler through `on_launched`), and start or stop nothing."""
+    base_url = adapter.endpoint_url(deployment)
+    if base_url is None:
+        raise EngineError(f"{deployment.name}: {adapter.kind} has no endpoint URL")
+    key_env = adapter.api_key_env(deployment)
+    headers = api_key_headers(key_env)
+    found = now_ns()
+    _wait_answering(adapter, deployment, base_url, headers)
+    port = httpx.URL(base_url).port or (443 if base_url.startswith("https") else 80)
+    pid = listening_pid(base_url)
+    if pid is not None and on_launched is not None:
+        on_launched(deployment.name, pid)
+    server = RunningServer(
+        name=deployment.name,
+        framework=deployment.engine.kind,
+        model=deployment.model,
+        served_model=adapter.served_model_name(deployment),
+        api_flavour=adapter.api_flavour_for(deployment),
+        base_url=base_url,
+        port=port,
+        pid=pid or 0,
+        log_path="",
+        argv=[],
+        launched_ns=found,
+        ready_ns=now_ns(),
+        metrics_path=adapter.metrics_path_for(deployment),
+        tokenize_flavour=adapter.tokenize_flavour_for(deployment),
+        started=False,
+        api_key_env=key_env,
+        listener=_describe_process(pid, port) if pid is not None else REMOTE_NOT_MEASURED,
+        loaded_models_path=adapter.loaded_models_path_for(deployment),
+    )
+    server.version = _probe_version(adapter, base_url, headers)
+    fleet.servers[deployment.name] = server
+    fleet.save()
+    log.info("%s: using the endpoint at %s (%s)", deployment.name, base_url, server.listener)
+    return server
+
+
 def start_server(
     deployment: Deployment, run_dir: Path, fleet: Fleet, on_launched: Callable[[str, int], None] | None = None
 ) -> RunningServer:
     """Launch one server, wait for health, and add it to `fleet` (so it is stopped even if it never got healthy).
 
     `on_launched(name, pid)` is called the moment the process exists, before health: an engine takes its GPU
-    memory while it starts, and the memory sampler must know whose it is from then on."""
+    memory while it starts, and the memory sampler must know whose it is from then on. A server that runs
+    already (an endpoint) is attached instead (`attach_endpoint`)."""
     adapter = adapter_for(deployment)
+    if not adapter.starts_server:
+        return attach_endpoint(adapter, deployment, fleet, on_launched)
     if deployment.port is not None and not port_is_free(deployment.port):
         raise DeployError(
             f"{deployment.name}: port {deployment.port} on 127.0.0.1 is already in use; stop what holds it, "
@@ -300,7 +416,7 @@ def start_server(
         framework=deployment.engine.kind,
         model=deployment.shape or deployment.model,
         served_model=adapter.served_model_name(deployment),
-        api_flavour=adapter.api_flavour,
+        api_flavour=adapter.api_flavour_for(deployment),
         base_url=base_url,
         port=port,
         pid=process.pid,
@@ -308,9 +424,11 @@ def start_server(
         argv=spec.argv,
         launched_ns=launched,
         ready_ns=now_ns(),
-        metrics_path=adapter.metrics_path,
+        metrics_path=adapter.metrics_path_for(deployment),
         shape_only=deployment.shape is not None,
         model_path=model_path,
+        tokenize_flavour=adapter.tokenize_flavour_for(deployment),
+        loaded_models_path=adapter.loaded_models_path_for(deployment),
     )
     server.version = _probe_version(adapter, base_url)
     after_ready = getattr(adapter, "after_ready", None)
@@ -328,11 +446,11 @@ def start_server(
     return server
 
 
-def _probe_version(adapter: EngineAdapter, base_url: str) -> str:
+def _probe_version(adapter: EngineAdapter, base_url: str, headers: dict[str, str] | None = None) -> str:
     from servelab.aio import run_sync
 
     async def _version() -> str:
-        async with httpx.AsyncClient() as client:
+        async with httpx.AsyncClient(headers=headers) as client:
             return await adapter.version(client, base_url)
 
     return run_sync(_version())

@@ -27,12 +27,10 @@ from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_
 
 from servelab.errors import ParamsError
 from servelab.params import Deployment
+from servelab.serve.engines.base import adapter_for
 
 RECIPE_VERSION = 3
 """Bump when the folder's contents change for the same shape; cached folders are then rebuilt."""
-
-SHAPE_FRAMEWORKS = ("vllm", "sglang")
-"""Frameworks that can serve random weights from a config (`--load-format dummy`)."""
 
 BOS_TOKEN, CHAT_START_TOKEN, CHAT_END_TOKEN = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 SPECIAL_TOKENS = (BOS_TOKEN, CHAT_START_TOKEN, CHAT_END_TOKEN)
@@ -244,11 +242,7 @@ def is_shape_only(deployment: Deployment) -> bool:
 def shape_of(deployment: Deployment) -> Shape:
     if deployment.shape is None:
         raise ParamsError(f"deployment {deployment.name!r} has no shape; set deployments[].shape")
-    if deployment.engine.kind not in SHAPE_FRAMEWORKS:
-        raise ParamsError(
-            f"deployment {deployment.name!r}: {deployment.engine.kind} cannot serve shape {deployment.shape!r} "
-            f"(dummy weights); shapes work with {' and '.join(SHAPE_FRAMEWORKS)}, so remove `shape` or change engine.kind"
-        )
+    adapter_for(deployment).check_shape(deployment)
     return resolve_shape(deployment.shape)
 
 

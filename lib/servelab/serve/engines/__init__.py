@@ -1,5 +1,18 @@
 """One module per serving framework; `adapter_for` picks one by the params' `engine.kind`."""
 
-from servelab.serve.engines.base import ENGINES, EngineAdapter, adapter_for, register
+from servelab.serve.engines.base import (
+    ENGINES,
+    CounterNames,
+    EngineAdapter,
+    adapter_for,
+    adapter_for_kind,
+    all_adapters,
+    known_kinds,
+    register,
+    start_order,
+)
 
-__all__ = ["ENGINES", "EngineAdapter", "adapter_for", "register"]
+__all__ = [
+    "ENGINES", "CounterNames", "EngineAdapter", "adapter_for", "adapter_for_kind", "all_adapters", "known_kinds",
+    "register", "start_order",
+]

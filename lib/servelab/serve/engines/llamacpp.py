@@ -13,10 +13,14 @@ import httpx
 
 from servelab.errors import DeployError
 from servelab.params import Deployment, LlamaCppEngine
-from servelab.serve.engines.base import EngineAdapter, LaunchSpec, register
+from servelab.serve.engines.base import CounterNames, EngineAdapter, LaunchSpec, register
+from servelab.serve.footprints import MIB, Footprint, gguf_or_shape_weights_mib, shape_for
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
 EMBEDDED_MODEL = "smollm2"
+LLAMACPP_HOST_OVERHEAD_MIB = 34.0
+"""llama-server's RSS beyond GGUF size + KV cache: 33.7-34.4 MiB measured with SmolLM2-135M Q4_1 at ctx 2048,
+4096 and 8192 (b-build of llama-cpp-python 0.3.36) on the CPU machine. Compute buffers grow with the model."""
 
 
 def cache_dir() -> Path:
@@ -57,8 +61,18 @@ def resolve_binary(engine: LlamaCppEngine) -> Path:
 @register
 class LlamaCppAdapter(EngineAdapter):
     kind = "llamacpp"
+    display_name = "llama.cpp"
     api_flavour = "openai"
     container_port = 8080
+    tokenize_flavour = "llamacpp"
+    counter_names = CounterNames(
+        generated_tokens="llamacpp:tokens_predicted",
+        running="llamacpp:requests_processing",
+        waiting="llamacpp:requests_deferred",
+        # llama.cpp keeps no time to first token; per output token: each finished request's generation time and
+        # tokens, summed
+        tpot=("llamacpp:tokens_predicted_seconds", "llamacpp:tokens_predicted"),
+    )
 
     def model_path(self, deployment: Deployment) -> str:
         if deployment.model == EMBEDDED_MODEL:
@@ -125,6 +139,21 @@ class LlamaCppAdapter(EngineAdapter):
         engine = deployment.engine
         assert isinstance(engine, LlamaCppEngine)
         return [str(resolve_binary(engine)), "--version"]
+
+    def start_order_key(self, deployment: Deployment) -> tuple[float, float]:
+        """First of all: it holds no GPU memory, so nothing started after it has less for it."""
+        return (0.0, 0.0)
+
+    def footprint(self, deployment: Deployment, total_mib: float, free_at_start_mib: float) -> Footprint:
+        """On the CPU, in HOST memory: GGUF size + KV (ctx_size x KV per token) + LLAMACPP_HOST_OVERHEAD_MIB."""
+        engine = deployment.engine
+        assert isinstance(engine, LlamaCppEngine)
+        shape = shape_for(deployment)
+        weights = gguf_or_shape_weights_mib(self.model_path(deployment), deployment.model, shape)
+        kv = shape.kv_bytes_per_token() * engine.ctx_size / MIB if shape else None
+        predicted = (weights or 0) + (kv or 0) + LLAMACPP_HOST_OVERHEAD_MIB
+        return Footprint(deployment.name, self.kind, "host", predicted, weights, kv, engine.ctx_size if shape else None,
+                         LLAMACPP_HOST_OVERHEAD_MIB, "GGUF size + ctx_size x KV per token + overhead (host RSS)")
 
 
 def binary_version(binary: Path) -> str:

@@ -13,10 +13,14 @@ import httpx
 
 from servelab.errors import EngineError, ParamsError
 from servelab.params import Deployment, OllamaEngine
-from servelab.serve.compose import gpu_service, healthcheck
-from servelab.serve.engines.base import EngineAdapter, LaunchSpec, register
+from servelab.serve.engines.base import EngineAdapter, LaunchSpec, LoadedModel, register
+from servelab.serve.engines.containers import gpu_service, healthcheck
+from servelab.serve.footprints import MIB, Footprint, gguf_or_shape_weights_mib, shape_for
 
 logger = logging.getLogger(__name__)
+
+OLLAMA_OVERHEAD_MIB = 600.0
+"""CUDA context plus llama.cpp's compute graph inside an Ollama runner; a round figure, not measured here."""
 
 
 def _engine(deployment: Deployment) -> OllamaEngine:
@@ -36,20 +40,25 @@ def keep_alive_value(keep_alive: str) -> str | int:
 
 
 def server_environment(engine: OllamaEngine, host: str, port: int) -> dict[str, str]:
-    return {
+    environment = {
         "OLLAMA_HOST": f"{host}:{port}",
         "OLLAMA_NUM_PARALLEL": str(engine.num_parallel),
         "OLLAMA_KEEP_ALIVE": engine.keep_alive,
         "OLLAMA_CONTEXT_LENGTH": str(engine.num_ctx),
     }
+    if engine.max_loaded_models is not None:
+        environment["OLLAMA_MAX_LOADED_MODELS"] = str(engine.max_loaded_models)
+    return environment
 
 
 @register
 class OllamaAdapter(EngineAdapter):
     kind = "ollama"
+    display_name = "Ollama"
     api_flavour = "ollama"
     health_path = "/api/version"
     metrics_path = None
+    loaded_models_path = "/api/ps"
     container_port = 11434
 
     def served_model_name(self, deployment: Deployment) -> str:
@@ -114,3 +123,26 @@ class OllamaAdapter(EngineAdapter):
 
     def version_argv(self, deployment: Deployment) -> list[str] | None:
         return [_engine(deployment).binary, "--version"]
+
+    def loaded_models(self, body: Any) -> list[LoadedModel]:
+        """/api/ps: `size` is all the memory a model holds (weights, KV cache, graph), `size_vram` the part on the GPU;
+        less on the GPU means Ollama put the rest in host memory (`ollama ps` shows '48%/52% CPU/GPU')."""
+        models = body.get("models") if isinstance(body, dict) else None
+        found = []
+        for model in models or ():
+            size = float(model.get("size") or 0) / MIB
+            found.append(LoadedModel(str(model.get("name") or model.get("model") or "?"), size, float(model.get("size_vram") or 0) / MIB))
+        return found
+
+    def footprint(self, deployment: Deployment, total_mib: float, free_at_start_mib: float) -> Footprint:
+        """Weights (GGUF size, or parameters x bits per weight) + KV cache (num_ctx x num_parallel x layers x kv_heads
+        x head_dim x 2 x 2 bytes) + OLLAMA_OVERHEAD_MIB."""
+        engine, shape = _engine(deployment), shape_for(deployment)
+        weights = gguf_or_shape_weights_mib(deployment.model, deployment.model, shape)
+        slots = engine.num_ctx * engine.num_parallel
+        kv = shape.kv_bytes_per_token() * slots / MIB if shape else None
+        known = weights is not None and kv is not None
+        predicted = (weights or 0) + (kv or 0) + OLLAMA_OVERHEAD_MIB
+        return Footprint(deployment.name, self.kind, "gpu", predicted, weights, kv, slots if shape else None, OLLAMA_OVERHEAD_MIB,
+                         "weights + num_ctx x num_parallel x KV per token + overhead",
+                         () if known else ("model shape unknown: only the overhead is counted",))

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import httpx
 
 from servelab.params import Deployment, SglangEngine
-from servelab.serve.compose import container_model, gpu_service, http_healthcheck
-from servelab.serve.engines.base import EngineAdapter, LaunchSpec, register
+from servelab.serve.engines.base import CounterNames, EngineAdapter, LaunchSpec, ScaledBudget, register
+from servelab.serve.engines.containers import container_model, gpu_service, http_healthcheck
+from servelab.serve.engines.vllm import VLLM_CUDA_CONTEXT_MIB
+from servelab.serve.footprints import MIB, Footprint, dtype_bytes, kv_cache, shape_for
+
+SGLANG_CUDA_CONTEXT_MIB = VLLM_CUDA_CONTEXT_MIB
+"""Assumed equal to vLLM's (same torch, same driver); not measured."""
 
 SERVER_INFO_PATHS = ("/server_info", "/get_server_info")
 """Newer SGLang serves /server_info; older releases only /get_server_info. Both carry 'version'."""
@@ -23,10 +29,21 @@ def _engine(deployment: Deployment) -> SglangEngine:
 @register
 class SglangAdapter(EngineAdapter):
     kind = "sglang"
+    display_name = "SGLang"
     api_flavour = "openai"
     health_path = "/health"
     metrics_path = "/metrics"
     container_port = 30000
+    serves_shapes = True
+    counter_names = CounterNames(
+        generated_tokens="sglang:generation_tokens",
+        running="sglang:num_running_reqs",
+        waiting="sglang:num_queue_reqs",
+        ttft=("sglang:time_to_first_token_seconds_sum", "sglang:time_to_first_token_seconds_count"),
+        # every gap between two output tokens
+        tpot=("sglang:inter_token_latency_seconds_sum", "sglang:inter_token_latency_seconds_count"),
+    )
+    packages = ("sglang", "torch")
 
     def server_flags(self, deployment: Deployment, model: str, host: str, port: int) -> list[str]:
         """`sglang.launch_server` arguments, shared by the native launch and the compose service."""
@@ -77,3 +94,27 @@ class SglangAdapter(EngineAdapter):
 
     def version_argv(self, deployment: Deployment) -> list[str] | None:
         return [_engine(deployment).python, "-c", "import sglang; print(sglang.__version__)"]
+
+    def memory_fraction(self, deployment: Deployment) -> float | None:
+        return _engine(deployment).mem_fraction_static
+
+    def footprint(self, deployment: Deployment, total_mib: float, free_at_start_mib: float) -> Footprint:
+        """CUDA context + mem_fraction_static x (memory free when it starts). The fraction is of the memory free after
+        its context is made, so a server started after others gets less; on an empty GPU this is about
+        mem_fraction_static x total + context. Activations and CUDA graphs come on top (not modelled)."""
+        engine, shape = _engine(deployment), shape_for(deployment)
+        static = engine.mem_fraction_static * max(0.0, free_at_start_mib - SGLANG_CUDA_CONTEXT_MIB)
+        weights = shape.parameters * dtype_bytes(engine.dtype) / MIB if shape else None
+        kv, tokens = kv_cache(shape, static - (weights or 0), dtype_bytes(engine.dtype))
+        notes: tuple[str, ...] = ("activations and CUDA graphs come on top (not modelled)",)
+        if tokens == 0:
+            notes += ("no room left for a KV cache after the weights: SGLang will refuse to start",)
+        return Footprint(deployment.name, self.kind, "gpu", static + SGLANG_CUDA_CONTEXT_MIB, weights, kv, tokens,
+                         SGLANG_CUDA_CONTEXT_MIB, "mem_fraction_static x free at start + CUDA context", notes)
+
+    def scaled_to(self, deployment: Deployment, budget_mib: float, total_mib: float, free_mib: float) -> ScaledBudget:
+        engine = _engine(deployment)
+        value = math.floor(budget_mib / max(1.0, free_mib - SGLANG_CUDA_CONTEXT_MIB) * 1000) / 1000
+        flag = "mem_fraction_static"
+        new = deployment.model_copy(update={"engine": engine.model_copy(update={flag: value})})
+        return ScaledBudget(flag, engine.mem_fraction_static, value, new)
