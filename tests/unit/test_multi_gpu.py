@@ -11,7 +11,8 @@ from servelab.params import Deployment, Params, parse_params
 from servelab.serve.compose import compose_document
 from servelab.serve.deploy import gpu_environment
 from servelab.serve.engines import adapter_for
-from servelab.serve.planner import VLLM_CUDA_CONTEXT_MIB, gpus_of, plan_per_device
+from servelab.serve.engines.vllm import VLLM_CUDA_CONTEXT_MIB
+from servelab.serve.planner import gpus_of, plan_per_device
 
 H200_TOTAL_MIB = 143_771
 
