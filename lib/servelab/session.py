@@ -143,7 +143,7 @@ def _free_memory_check(params: Params) -> deployment_module.FreeMemoryCheck | No
         if free is None:
             return
         total = free.total_mib
-        needed = required_mib(deployment, total)
+        needed = required_mib(deployment, total, free.free_mib)
         if needed > free.free_mib:
             from servelab.errors import DeployError
 

@@ -199,13 +199,15 @@ def _weights_gguf_or_shape(deployment: Deployment, shape: ModelShape | None) -> 
     return shape.parameters * bits / 8 / MIB
 
 
-def required_mib(deployment: Deployment, total_mib: float) -> float:
+def required_mib(deployment: Deployment, total_mib: float, free_mib: float | None = None) -> float:
     """GPU memory that must be free before `deployment` starts, MiB; 0 for a CPU-only llama.cpp server.
 
-    vLLM refuses to start with less than gpu_memory_utilization x total free after its context; SGLang would
-    start with less but shrink its KV cache, so it asks for what it takes on an empty GPU.
+    vLLM refuses to start with less than gpu_memory_utilization x total free after its context. SGLang takes
+    mem_fraction_static of what is free when it starts: without `free_mib` it asks for what it takes on an empty
+    GPU; with it (the free memory now), for its share of that, so a co-located SGLang whose fractions were worked
+    out for the memory left by the servers before it is not refused.
     """
-    footprint = predict(deployment, total_mib)
+    footprint = predict(deployment, total_mib, free_mib)
     return footprint.predicted_mib if footprint.memory == "gpu" else 0.0
 
 
