@@ -8,6 +8,8 @@
 # GPU_CHECKS runs, before any engine starts and on an idle GPU: `nvml`, the sampler's cost at 100 Hz
 # (nvml_overhead.py, variants from NVML_VARIANTS); `streams`, the measurement issue's 64-stream check
 # (client_ceiling.py), whose emitter gets cores of its own here. Their JSON goes to /tmp/gpu-checks and $OUT.
+# A params argument may name a fallback after a comma, `a.yaml,b.yaml`: b runs if a fails before its sweep starts
+# (say a server that does not come up with CUDA graphs), and not after.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 if [ ! -d /tmp/vsite/vllm ]; then
@@ -19,7 +21,9 @@ if [ ! -d /tmp/site/papermill ]; then
 fi
 # nbconvert finds its templates in the share/ that pip --target wrote
 export JUPYTER_PATH=/tmp/site/share/jupyter
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1 MPLBACKEND=Agg
+# No MPLBACKEND here: the notebooks' kernels would take it over their inline backend and show no figures, so the
+# report would come back without them. The scripts themselves draw on Agg, matplotlib's choice on a host with no display.
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1
 rm -f /tmp/gpu-truth.done
 # The host's CPU time, steal included (a guest's vCPU waiting for the hypervisor), once a second: an eager engine
 # runs every decode step from Python, so a host that slows down shows in its speed.
@@ -43,13 +47,19 @@ if [[ " ${GPU_CHECKS:-} " == *" streams "* ]]; then
     python3 benchmarks/client_ceiling.py --levels 64 --rounds 16 --tools servelab --json "/tmp/gpu-checks/stream64-$i.json" | tail -3 || true
   done
 fi
-# SGLang's chunks may still be arriving (carried during the polls): unpack them just before each run.
-setsid nohup bash -c '
-  for params in "$@"; do
-    if [ -e /tmp/sb/sb.00 ] && [ ! -d /tmp/ssite/sglang ]; then
-      mkdir -p /tmp/ssite && cat /tmp/sb/sb.* | tar xzf - -C /tmp/ssite && echo "unpacked SGLang: $(ls /tmp/sb)"
+# SGLang's chunks may still be arriving (carried during the polls): unpack them just before each run, or wait for
+# the unpack a poll started (gpu_unpack_sglang.sh holds a lock).
+setsid nohup bash -c 'set -o pipefail
+  for pair in "$@"; do
+    params=${pair%%,*} fallback=${pair#*,}
+    bash benchmarks/gpu_unpack_sglang.sh
+    log=/tmp/gpu-truth-$(basename "$params" .yaml).log
+    if ! python3 benchmarks/gpu_truth.py "$params" --outputs /tmp/gpu-outputs ${GPU_TRUTH_ARGS:-} 2>&1 | tee "$log"; then
+      if [ "$fallback" != "$pair" ] && ! grep -q "executing 02_sweep" "$log"; then
+        echo "$params failed before its sweep: running $fallback"
+        python3 benchmarks/gpu_truth.py "$fallback" --outputs /tmp/gpu-outputs ${GPU_TRUTH_ARGS:-} || true
+      fi
     fi
-    python3 benchmarks/gpu_truth.py "$params" --outputs /tmp/gpu-outputs ${GPU_TRUTH_ARGS:-}
   done
   touch /tmp/gpu-truth.done
 ' gpu-truth "$@" > /tmp/gpu-truth.log 2>&1 < /dev/null &

@@ -156,7 +156,7 @@ def _free_memory_check(params: Params) -> deployment_module.FreeMemoryCheck | No
             if free is None:
                 continue
             total = free.total_mib
-            needed = required_mib(deployment, total)
+            needed = required_mib(deployment, total, free.free_mib)
             if needed > free.free_mib:
                 from servelab.errors import DeployError
 

@@ -105,6 +105,18 @@ def test_sglang_takes_its_fraction_of_what_is_free_when_it_starts() -> None:
     assert required_mib(sglang, H100_TOTAL_MIB) == alone.predicted_mib
 
 
+def test_a_co_located_sglang_needs_its_share_of_what_is_free_not_of_an_empty_gpu() -> None:
+    # The seed's split on an H200 as SGLang takes it: the last of three servers asks 0.861 of what the first two
+    # left; measured against an empty GPU, that would be refused.
+    yi = one({"name": "yi", "model": "01-ai/Yi-6B-Chat", "engine": {"kind": "sglang", "mem_fraction_static": 0.861}})
+    total, left_by_the_others = 143_771.0, 84_000.0
+    needed = required_mib(yi, total, free_mib=left_by_the_others)
+    assert needed == pytest.approx(predict(yi, total, free_at_start_mib=left_by_the_others).predicted_mib)
+    assert needed < left_by_the_others < required_mib(yi, total)
+    vllm_alike = one(vllm("v", "01-ai/Yi-6B", 0.5, 2048))
+    assert required_mib(vllm_alike, total, free_mib=left_by_the_others) == required_mib(vllm_alike, total)
+
+
 def test_ollama_kv_cache_follows_num_ctx_times_num_parallel() -> None:
     def ollama(num_ctx: int, num_parallel: int) -> Deployment:
         return one({"name": "o", "model": "qwen2.5:3b", "engine": {"kind": "ollama", "num_ctx": num_ctx, "num_parallel": num_parallel}})

@@ -33,13 +33,15 @@ def predict(deployment: Deployment, total_mib: float, free_at_start_mib: float |
     return adapter_for(deployment).footprint(deployment, total_mib, free)
 
 
-def required_mib(deployment: Deployment, total_mib: float) -> float:
+def required_mib(deployment: Deployment, total_mib: float, free_mib: float | None = None) -> float:
     """GPU memory that must be free before `deployment` starts, MiB; 0 for a CPU-only llama.cpp server.
 
-    vLLM refuses to start with less than gpu_memory_utilization x total free after its context; SGLang would
-    start with less but shrink its KV cache, so it asks for what it takes on an empty GPU.
+    vLLM refuses to start with less than gpu_memory_utilization x total free after its context. SGLang takes
+    mem_fraction_static of what is free when it starts: without `free_mib` it asks for what it takes on an empty
+    GPU; with it (the free memory now), for its share of that, so a co-located SGLang whose fractions were worked
+    out for the memory left by the servers before it is not refused.
     """
-    footprint = predict(deployment, total_mib)
+    footprint = predict(deployment, total_mib, free_mib)
     return footprint.predicted_mib if footprint.memory == "gpu" else 0.0
 
 
