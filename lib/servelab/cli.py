@@ -27,6 +27,16 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _search(args: argparse.Namespace) -> int:
+    from servelab.checks.search import SEARCH_FILE, knee_table
+    from servelab.run import search
+
+    run_dir = search(args.params, outputs_dir=args.outputs)
+    print(knee_table(run_dir).to_string(index=False))
+    print(f"run folder: {run_dir} (summary.csv has goodput_req_s per step; {SEARCH_FILE} the knee)")
+    return 0
+
+
 def _report(args: argparse.Namespace) -> int:
     from servelab.run import reanalyse
 
@@ -131,6 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", metavar="RUN_ID", help="complete an interrupted run instead of starting a new one")
     run.add_argument("--dry-run", action="store_true", help="print the grid and an estimated duration, run nothing")
     run.set_defaults(handler=_run)
+
+    search = commands.add_parser(
+        "search", help="find the highest load meeting the params' slo: raise it step by step (params `search`)"
+    )
+    search.add_argument("params", help="a params YAML file with `slo` (and optionally `search`)")
+    search.add_argument("--outputs", default="outputs", help="where run folders go (default: outputs)")
+    search.set_defaults(handler=_search)
 
     report = commands.add_parser(
         "report", help="analyse a recorded run folder again (memory and report notebooks) and export its HTML; starts nothing"
