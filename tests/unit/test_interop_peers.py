@@ -117,13 +117,13 @@ def test_a_run_exported_as_a_guidellm_report_reads_back_as_its_own_summary(tmp_p
     assert len(report["benchmarks"]) == len(points)
     theirs = import_results(path)
     assert set(theirs.source) == {"guidellm"}
-    for index, point_id in enumerate(points):
+    strategies = [b["config"]["strategy"] for b in report["benchmarks"]]
+    exported = sorted((s["type_"], s.get("streams", s.get("rate"))) for s in strategies)
+    kinds = {"concurrency": "concurrent"}
+    assert exported == sorted((kinds.get(p.load_kind, p.load_kind), p.load_value) for p in points.values())
+    for point_id, point in points.items():
         mine = values(ours, point_id)
-        point = points[point_id]
-        strategy = report["benchmarks"][index]["config"]["strategy"]
-        kind = "concurrency" if strategy["type_"] == "concurrent" else strategy["type_"]
-        assert kind == point.load_kind
-        got = values(theirs, f"guidellm/{kind}-{point.load_value:g}")
+        got = values(theirs, f"guidellm/{point.load_kind}-{point.load_value:g}")
         for metric in ("ttft_ms", "e2e_ms"):
             for stat in ("count", "mean", "min", "max"):
                 assert got[metric, stat] == pytest.approx(mine[metric, stat]), (metric, stat)
