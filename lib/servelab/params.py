@@ -243,7 +243,7 @@ class SearchParams(Strict):
     start: float = Field(1, gt=0, description="the first load tried")
     factor: float = Field(2.0, gt=1, le=100, description="each step multiplies the load by this")
     max_value: float = Field(256, gt=0, description="the highest load tried")
-    min_gain: float = Field(0.05, ge=0, description="stop when output tok/s grows by less than this fraction")
+    min_gain: float = Field(0.05, ge=-1, description="stop when output tok/s grows by less than this fraction (-1: never)")
     percentile: float = Field(99.0, gt=0, le=100, description="the SLOs must hold at this percentile of the requests")
 
 

@@ -72,7 +72,8 @@ SLO_METRICS: tuple[tuple[str, Callable[[RequestRecord], float | None]], ...] = (
     ("tpot", metrics.tpot_ms),
     ("e2e", metrics.e2e_ms),
 )
-"""The SLO name and the per-request metric its limit applies to (at the search's percentile)."""
+"""The SLO name and the per-request metric its limit applies to (at the search's percentile); with
+`Slo.from_intended`, TTFT and E2E count from the intended send time."""
 
 
 def _step(
@@ -86,7 +87,10 @@ def _step(
     measured = [r for r in records if not r.warmup]
     seconds = metrics.duration_s(measured)
     throughput = metrics.output_tokens_per_s(measured, seconds)
-    values = {name: _percentile_ms([function(r) for r in measured], percentile) for name, function in SLO_METRICS}
+    functions = dict(SLO_METRICS)
+    if slo is not None and slo.from_intended:
+        functions |= {"ttft": metrics.ttft_from_intended_ms, "e2e": metrics.e2e_from_intended_ms}
+    values = {name: _percentile_ms([function(r) for r in measured], percentile) for name, function in functions.items()}
     meets = True
     if slo is not None:
         limits = {"ttft": slo.ttft_ms, "itl": slo.itl_ms, "tpot": slo.tpot_ms, "e2e": slo.e2e_ms}
