@@ -102,11 +102,13 @@ def test_a_sharegpt_dataset_gives_its_first_human_turns_and_their_reply_lengths(
 
 def test_a_jsonl_dataset_reads_vllms_custom_format(tmp_path):
     path = tmp_path / "d.jsonl"
-    path.write_text('{"prompt": "hello there", "output_tokens": 9}\n\n{"prompt": "and again", "output_tokens": 3}\n')
+    path.write_text('{"prompt": "hello there", "output_tokens": 9}\n\n{"prompt": "and again", "output_tokens": 3}\n{"prompt": "no length"}\n')
     sweep = _sweep({"kind": "dataset", "format": "jsonl", "path": str(path), "output": {"kind": "dataset"}})
-    prompts = build_workload(sweep, "en", count=2, seed=0, count_tokens=words)
-    assert sorted((p.text, p.output_tokens, p.token_count) for p in prompts) == [("and again", 3, 2), ("hello there", 9, 2)]
-    fixed = build_workload(_sweep({"kind": "dataset", "format": "jsonl", "path": str(path)}), "en", count=2, seed=0)
+    prompts = build_workload(sweep, "en", count=3, seed=0, count_tokens=words)
+    assert sorted((p.text, p.output_tokens or 0, p.token_count) for p in prompts) == [
+        ("and again", 3, 2), ("hello there", 9, 2), ("no length", 0, 2)  # None: the sweep's output_tokens
+    ]
+    fixed = build_workload(_sweep({"kind": "dataset", "format": "jsonl", "path": str(path)}), "en", count=3, seed=0)
     assert {p.output_tokens for p in fixed} == {None}  # fixed: the sweep's output_tokens
 
 
