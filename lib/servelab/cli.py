@@ -41,6 +41,15 @@ def _bench(args: argparse.Namespace) -> int:
         print(f"params: {saved}")
     print(f"run folder: {result.run_dir}")
     print(f"report: {result.report}")
+
+
+def _search(args: argparse.Namespace) -> int:
+    from servelab.checks.search import SEARCH_FILE, knee_table
+    from servelab.run import search
+
+    run_dir = search(args.params, outputs_dir=args.outputs)
+    print(knee_table(run_dir).to_string(index=False))
+    print(f"run folder: {run_dir} (summary.csv has goodput_req_s per step; {SEARCH_FILE} the knee)")
     return 0
 
 
@@ -85,9 +94,13 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from servelab.checks.interop import export_vllm_bench
+    from servelab.checks.interop import export_guidellm, export_vllm_bench
 
     run_dir = _run_path(args.run, args.outputs)
+    if args.format == "guidellm":
+        written_report = export_guidellm(run_dir, Path(args.out) if args.out else run_dir / "guidellm-benchmarks.json")
+        print(f"the run written as a GuideLLM benchmarks report to {written_report}")
+        return 0
     out = Path(args.out) if args.out else run_dir / "vllm-bench-format"
     written = export_vllm_bench(run_dir, out)
     print(f"{len(written)} load point(s) written as `vllm bench serve` result JSON to {out}")
@@ -169,6 +182,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="keep the generated params file (default path: ./<name>.yaml)")
     bench.set_defaults(handler=_bench)
 
+    search = commands.add_parser(
+        "search", help="find the highest load meeting the params' slo: raise it step by step (params `search`)"
+    )
+    search.add_argument("params", help="a params YAML file with `slo` (and optionally `search`)")
+    search.add_argument("--outputs", default="outputs", help="where run folders go (default: outputs)")
+    search.set_defaults(handler=_search)
+
     report = commands.add_parser(
         "report", help="analyse a recorded run folder again (memory and report notebooks) and export its HTML; starts nothing"
     )
@@ -190,13 +210,14 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--outputs", default="outputs")
     compare.set_defaults(handler=_compare)
 
-    export = commands.add_parser("export", help="write a run's load points as `vllm bench serve` result JSON")
+    export = commands.add_parser("export", help="write a run's load points as `vllm bench serve` result JSON or a GuideLLM report")
     export.add_argument("run", metavar="RUN", help="a run folder or run id")
-    export.add_argument("--out", help="folder to write to (default: RUN/vllm-bench-format)")
+    export.add_argument("--out", help="folder to write to (default: RUN/vllm-bench-format), or guidellm's file (RUN/guidellm-benchmarks.json)")
+    export.add_argument("--format", choices=("vllm", "guidellm"), default="vllm", help="vllm: one `vllm bench serve` JSON per point; guidellm: one GuideLLM report")
     export.add_argument("--outputs", default="outputs")
     export.set_defaults(handler=_export)
 
-    importer = commands.add_parser("import", help="read `vllm bench serve` or GuideLLM results into servelab's summary table")
+    importer = commands.add_parser("import", help="read vllm bench serve, SGLang bench_serving, GuideLLM, AIPerf or llmperf results into servelab's summary table")
     importer.add_argument("files", nargs="+", metavar="FILE")
     importer.add_argument("--out", required=True, help="the summary CSV to write")
     for key in ("deployment", "framework", "model", "language"):

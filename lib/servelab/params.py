@@ -207,6 +207,100 @@ class RateLoad(Strict):
 LoadParams = Annotated[ConcurrencyLoad | RateLoad, Field(discriminator="kind")]
 
 
+# ----------------------------------------------------------------------------------------------- workloads
+class FixedOutput(Strict):
+    """Every request asks for sweep.output_tokens."""
+
+    kind: Literal["fixed"] = "fixed"
+
+
+class UniformOutput(Strict):
+    """Each request asks for a seeded draw, uniform in [min_tokens, max_tokens]."""
+
+    kind: Literal["uniform"]
+    min_tokens: int = Field(ge=1, le=1_000_000, description="shortest output asked for, tokens")
+    max_tokens: int = Field(ge=1, le=1_000_000, description="longest output asked for, tokens")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> UniformOutput:
+        if self.min_tokens > self.max_tokens:
+            raise ValueError(f"min_tokens {self.min_tokens} is above max_tokens {self.max_tokens}")
+        return self
+
+
+class DatasetOutput(Strict):
+    """Each request asks for as many tokens as the dataset's own reply has (dataset workloads only)."""
+
+    kind: Literal["dataset"]
+
+
+OutputParams = Annotated[FixedOutput | UniformOutput | DatasetOutput, Field(discriminator="kind")]
+
+
+class SyntheticWorkload(Strict):
+    """Today's prompts: the shipped passages (or random tokens) of each language, input_tokens long, each unique."""
+
+    kind: Literal["synthetic"] = "synthetic"
+    output: OutputParams = Field(FixedOutput(), description="output lengths: fixed, uniform or dataset")
+
+
+class SharedPrefixWorkload(Strict):
+    """Every request starts with the same system prompt of prefix_tokens, then a unique input_tokens question."""
+
+    kind: Literal["shared_prefix"]
+    prefix_tokens: int = Field(ge=1, le=1_000_000, description="length of the shared system prompt, tokens")
+    prefixes: int = Field(1, ge=1, le=10_000, description="distinct shared prompts; request i uses prefix i mod prefixes")
+    output: OutputParams = Field(FixedOutput(), description="output lengths: fixed, uniform or dataset")
+
+
+class MultiTurnWorkload(Strict):
+    """Chat sessions: turn k sends the whole history so far (k user turns, k-1 assistant replies)."""
+
+    kind: Literal["multi_turn"]
+    sessions: int = Field(4, ge=1, le=100_000, description="conversations interleaved turn by turn; keep it >= the concurrency")
+    turns: int = Field(3, ge=1, le=1000, description="user turns per conversation")
+    output: OutputParams = Field(FixedOutput(), description="output lengths: fixed, uniform or dataset")
+
+
+class DatasetWorkload(Strict):
+    """Prompts from a local file: ShareGPT JSON (first human turn) or JSONL (one object per line)."""
+
+    kind: Literal["dataset"]
+    path: str = Field(min_length=1, description="the local file")
+    format: Literal["sharegpt", "jsonl"] = Field("sharegpt", description="sharegpt: a JSON list of {conversations: [...]}; jsonl: one object per line")
+    prompt_field: str = Field("prompt", description="jsonl: the key holding the prompt text")
+    output_field: str = Field("output_tokens", description="jsonl: the key holding the output length (for output: {kind: dataset})")
+    max_prompt_tokens: int | None = Field(None, ge=1, description="skip prompts longer than this, tokens")
+    output: OutputParams = Field(FixedOutput(), description="output lengths: fixed, uniform or dataset")
+
+
+WorkloadParams = Annotated[
+    SyntheticWorkload | SharedPrefixWorkload | MultiTurnWorkload | DatasetWorkload, Field(discriminator="kind")
+]
+WORKLOAD_KINDS = ("synthetic", "shared_prefix", "multi_turn", "dataset")
+
+
+class SloParams(Strict):
+    """Service-level objectives: a request is good when every limit set holds; goodput counts good requests per second."""
+
+    ttft_ms: float | None = Field(None, gt=0, description="time to first token, ms")
+    itl_ms: float | None = Field(None, gt=0, description="a request's mean gap between output chunks, ms")
+    tpot_ms: float | None = Field(None, gt=0, description="time per output token after the first, ms")
+    e2e_ms: float | None = Field(None, gt=0, description="send to the end of the stream, ms")
+    from_intended: bool = Field(False, description="measure TTFT and E2E from the intended send time (counts client lag)")
+
+
+class SearchParams(Strict):
+    """`servelab search`: raise the load by `factor` until the SLOs break or throughput stops growing."""
+
+    load_kind: Literal["concurrency", "constant", "poisson", "gamma"] = Field("concurrency", description="what to raise")
+    start: float = Field(1, gt=0, description="the first load tried")
+    factor: float = Field(2.0, gt=1, le=100, description="each step multiplies the load by this")
+    max_value: float = Field(256, gt=0, description="the highest load tried")
+    min_gain: float = Field(0.05, ge=-1, description="stop when output tok/s grows by less than this fraction (-1: never)")
+    percentile: float = Field(99.0, gt=0, le=100, description="the SLOs must hold at this percentile of the requests")
+
+
 class Sweep(Strict):
     """The grid: every deployment x language x load value is one load point."""
 
@@ -225,6 +319,7 @@ class Sweep(Strict):
     client_processes: Annotated[int, Field(ge=1, le=1024)] | Literal["auto"] = Field(
         1, description="client processes per load point, each pinned to its own core; 'auto': enough to keep each within 70% of the calibrated per-core ceiling (servelab calibrate)"
     )
+    workload: WorkloadParams = Field(SyntheticWorkload(), description="what to send: synthetic, shared_prefix, multi_turn or dataset (see sweep.workload)")
 
     @field_validator("languages")
     @classmethod
@@ -238,6 +333,16 @@ class Sweep(Strict):
     def _count_or_duration(self) -> Sweep:
         if self.duration_s is None and self.requests_per_point is None:
             raise ValueError("set requests_per_point or duration_s")
+        if self.workload.output.kind == "dataset" and self.workload.kind != "dataset":
+            raise ValueError(
+                f"workload.output kind 'dataset' takes output lengths from a dataset, but the workload is "
+                f"{self.workload.kind!r}; use output kind fixed or uniform, or workload kind dataset"
+            )
+        if self.prompts_file and self.workload.kind != "synthetic":
+            raise ValueError(
+                f"prompts_file and a {self.workload.kind!r} workload both say what to send; drop prompts_file "
+                "(a ShareGPT file is workload {kind: dataset, path: ...})"
+            )
         return self
 
 
@@ -261,6 +366,8 @@ class Params(Strict):
     sweep: Sweep = Field(description="the load grid (see sweep)")
     memory: Memory = Field(Memory(), description="the memory sampler (see memory)")
     policy: Policy = Field(Policy(), description="what to do on failures (see policy)")
+    slo: SloParams | None = Field(None, description="service-level objectives; with them summary.csv has goodput_req_s (see slo)")
+    search: SearchParams = Field(SearchParams(), description="`servelab search`: the highest load meeting the SLOs (see search)")
 
     @model_validator(mode="after")
     def _unique_names_and_ports(self) -> Params:
@@ -289,7 +396,7 @@ def _key_path(location: tuple[Any, ...]) -> str:
     for part in location:
         if isinstance(part, int):
             parts.append(f"[{part}]")
-        elif part in FRAMEWORKS or part in ("concurrency", "constant", "poisson", "gamma"):
+        elif part in FRAMEWORKS or part in ("concurrency", "constant", "poisson", "gamma") or part in WORKLOAD_KINDS + ("fixed", "uniform"):
             continue
         else:
             parts.append(("." if parts else "") + str(part))

@@ -164,3 +164,22 @@ def run(
     report = export_report(run_dir)
     write_index(outputs)
     return RunResult(run_dir=run_dir, report=report)
+
+
+def search(params_path: str | Path, outputs_dir: str | Path = "outputs") -> Path:
+    """`servelab search`: deploy the params' servers, search each for the highest load meeting `slo` (see
+    servelab.checks.search), and return the run folder (summary.csv with goodput per step, search.json)."""
+    from servelab.checks.search import run_search
+    from servelab.measure.sweep import prompt_tokenizers, target_for
+
+    outputs = Path(outputs_dir)
+    params = load_params(params_path)
+    if params.slo is None:
+        raise ServelabError(f"{params_path}: servelab search needs SLOs: add e.g. `slo: {{ttft_ms: 500, itl_ms: 50}}`")
+    run_dir = create_run(params, params_path, None, outputs)
+    shutil.copy2(params_path, run_dir / "params.yaml")
+    with stop_on_signals(), lab(params, run_dir) as session, prompt_tokenizers(session.fleet) as tokenizers:
+        run_search(params, run_dir, {server.name: target_for(server) for server in session.fleet}, tokenizers)
+    write_index(outputs)
+    return run_dir
+

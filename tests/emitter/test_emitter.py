@@ -337,6 +337,31 @@ def test_record_file_holds_each_token_write_time_on_the_schedule(tmp_path: Path)
             assert 0 <= written_ns - scheduled_ns < 1_000_000_000
 
 
+def test_max_streams_makes_later_requests_wait_for_a_free_slot(tmp_path: Path) -> None:
+    # Four streams at once on two slots: two wait, and each waiting one starts (its TTFT clock too) only when an
+    # earlier stream has written its last token.
+    record = tmp_path / "emitter.jsonl"
+
+    async def four(base_url: str) -> list[list[str]]:
+        async def one(http: httpx.AsyncClient) -> list[str]:
+            async with http.stream("POST", COMPLETIONS, json=completion_request(COMPLETIONS, 4)) as response:
+                return [line async for line in response.aiter_lines() if line.startswith("data: ")]
+
+        async with httpx.AsyncClient(base_url=base_url, timeout=30) as http:
+            return await asyncio.gather(*(one(http) for _ in range(4)))
+
+    with running_emitter("--ttft-ms", "30", "--itl-ms", "5", "--max-streams", "2", "--record", str(record)) as base_url:
+        results = asyncio.run(four(base_url))
+        with httpx.Client(base_url=base_url) as http:
+            report = stats(http)
+    assert all(len(lines) == 5 for lines in results)  # 4 tokens and [DONE]
+    assert report["streams_active"] == 0
+    entries = sorted((json.loads(line) for line in record.read_text().splitlines()), key=lambda e: e["received_ns"])
+    first_ends = sorted(entry["write_ns"][-1] for entry in entries[:2])
+    assert entries[2]["received_ns"] >= first_ends[0] and entries[3]["received_ns"] >= first_ends[1]
+    assert all(entry["write_ns"][0] >= entry["received_ns"] + entry["ttft_ns"] for entry in entries)
+
+
 # --- fault injection -------------------------------------------------------------------------------------
 
 

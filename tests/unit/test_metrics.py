@@ -93,6 +93,16 @@ def test_a_request_meets_the_slo_only_when_every_set_limit_holds():
     assert not meets_slo(make(error="http_5xx"), Slo())
 
 
+def test_the_itl_slo_holds_a_requests_mean_chunk_gap():
+    from servelab.analyse.metrics import mean_itl_ms
+
+    record = make(sent_ms=0, chunks_ms=(10, 12, 20, 22), end_ms=23)  # gaps 2, 8, 2: mean 4, max 8
+    assert mean_itl_ms(record) == pytest.approx(4.0)
+    assert meets_slo(record, Slo(itl_ms=4.0)) and not meets_slo(record, Slo(itl_ms=3.9))
+    assert mean_itl_ms(make(chunks_ms=(10,))) is None
+    assert meets_slo(make(chunks_ms=(10,)), Slo(itl_ms=0.0))  # one chunk: mean ITL counts as 0
+
+
 # ------------------------------------------------------------------------------------------ per point
 def test_throughputs_divide_successful_work_by_the_point_duration():
     records = [

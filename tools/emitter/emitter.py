@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import ctypes
 import heapq
 import json
@@ -126,6 +127,7 @@ class EmitterConfig:
     seed: int | None = None
     record_path: str | None = None
     loop: str = "auto"
+    max_streams: int | None = None
 
 
 def parse_args(argv: list[str] | None = None) -> EmitterConfig:
@@ -187,6 +189,14 @@ def parse_args(argv: list[str] | None = None) -> EmitterConfig:
     )
     faults.add_argument("--seed", type=int, default=None, help="seed of the --fail-rate draw")
     parser.add_argument(
+        "--max-streams",
+        type=int,
+        default=None,
+        metavar="N",
+        help="answer at most N completions at once per worker, as a server with N slots; later ones wait in "
+        "order, and their TTFT starts when a slot frees",
+    )
+    parser.add_argument(
         "--record",
         default=None,
         metavar="PATH",
@@ -199,6 +209,8 @@ def parse_args(argv: list[str] | None = None) -> EmitterConfig:
         problems.append("--ttft-ms and --itl-ms must be >= 0")
     if args.workers < 1:
         problems.append(f"--workers {args.workers}: must be >= 1")
+    if args.max_streams is not None and args.max_streams < 1:
+        problems.append(f"--max-streams {args.max_streams}: must be >= 1")
     if args.tick_us < 0:
         problems.append(f"--tick-us {args.tick_us}: must be >= 0")
     if args.status is not None and not 400 <= args.status <= 599:
@@ -232,6 +244,7 @@ def parse_args(argv: list[str] | None = None) -> EmitterConfig:
         seed=args.seed,
         record_path=args.record,
         loop=args.loop,
+        max_streams=args.max_streams,
     )
 
 
@@ -728,6 +741,7 @@ class Emission:
             self.emitter.stats.streams_active -= 1
             self.emitter.record(self)
             self.connection.response_finished(outcome == "done")
+            self.emitter.slot_freed()
 
 
 class StreamEmission(Emission):
@@ -991,6 +1005,8 @@ class Emitter:
         self.wheel = TimerWheel(loop, int(config.tick_us * 1000), config.timer)
         self.rng = random.Random(None if config.seed is None else config.seed + worker)
         self.connections: set[HttpConnection] = set()
+        self.waiting: collections.deque[tuple[HttpConnection, Completion]] = collections.deque()
+        """Completions waiting for a slot under --max-streams, oldest first."""
         self.records: list[str] | None = [] if config.record_path else None
         self.record_fd = (
             os.open(config.record_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -1057,6 +1073,22 @@ class Emitter:
             self.record_fault(completion)
             connection.reply(fault.status, "application/json", error_body(fault.status, message), extra=extra)
             return
+        if self.config.max_streams is not None and (self.waiting or stats.streams_active >= self.config.max_streams):
+            self.waiting.append((connection, completion))
+            return
+        self._start(connection, completion)
+
+    def slot_freed(self) -> None:
+        """A stream ended: start the waiting completions that now fit, oldest first, their clocks starting now."""
+        while self.waiting and self.stats.streams_active < (self.config.max_streams or 0):
+            connection, completion = self.waiting.popleft()
+            if connection.closed:
+                continue
+            completion.received_ns = now_ns()
+            self._start(connection, completion)
+
+    def _start(self, connection: HttpConnection, completion: Completion) -> None:
+        stats = self.stats
         if completion.stream:
             emission: Emission = StreamEmission(connection, completion, self)
             connection.transport.write(

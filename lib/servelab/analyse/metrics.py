@@ -41,6 +41,8 @@ class Slo:
     tpot_ms: float | None = None
     e2e_ms: float | None = None
     from_intended: bool = False
+    itl_ms: float | None = None
+    """Limit on the request's mean ITL (`mean_itl_ms`)."""
     """Measure TTFT and E2E from the intended send time (open loop: includes the client's own lag)."""
 
 
@@ -93,6 +95,14 @@ def itl_ms(record: RequestRecord) -> list[float]:
     return [(times[i] - times[i - 1]) / NS_PER_MS for i in range(1, len(times))]
 
 
+def mean_itl_ms(record: RequestRecord) -> float | None:
+    """Mean ITL = (chunk_ns[-1] - chunk_ns[0]) / (chunks - 1) / 1e6, ms: a request's mean gap between content
+    chunks; None below 2 chunks."""
+    if not record.ok or len(record.chunk_ns) < 2:
+        return None
+    return (record.chunk_ns[-1] - record.chunk_ns[0]) / NS_PER_MS / (len(record.chunk_ns) - 1)
+
+
 def schedule_lag_ms(record: RequestRecord) -> float | None:
     """Schedule lag = (actual_send_ns - intended_send_ns) / 1e6, ms; None if the request was never sent."""
     if not record.actual_send_ns:
@@ -101,9 +111,11 @@ def schedule_lag_ms(record: RequestRecord) -> float | None:
 
 
 def meets_slo(record: RequestRecord, slo: Slo) -> bool:
-    """True when the request succeeded and TTFT <= slo.ttft_ms, TPOT <= slo.tpot_ms, E2E <= slo.e2e_ms (those set).
+    """True when the request succeeded and TTFT <= slo.ttft_ms, mean ITL <= slo.itl_ms, TPOT <= slo.tpot_ms and
+    E2E <= slo.e2e_ms (those set).
 
-    As in vLLM's goodput, a request of fewer than 2 output tokens counts as TPOT = 0.
+    As in vLLM's goodput, a request of fewer than 2 output tokens counts as TPOT = 0; one of fewer than 2 chunks
+    counts as mean ITL = 0.
     """
     if not record.ok:
         return False
@@ -113,6 +125,8 @@ def meets_slo(record: RequestRecord, slo: Slo) -> bool:
     if slo.ttft_ms is not None and (ttft is None or ttft > slo.ttft_ms):
         return False
     if slo.tpot_ms is not None and tpot > slo.tpot_ms:
+        return False
+    if slo.itl_ms is not None and (mean_itl_ms(record) or 0.0) > slo.itl_ms:
         return False
     return not (slo.e2e_ms is not None and (e2e is None or e2e > slo.e2e_ms))
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -108,9 +108,19 @@ def make_client(max_connections: int, *, timeout_s: float = 120.0, transport: Tr
 
 
 def request_body(
-    target: Target, prompt_text: str, *, api: Api, output_tokens: int, ignore_eos: bool
+    target: Target,
+    prompt_text: str,
+    *,
+    api: Api,
+    output_tokens: int,
+    ignore_eos: bool,
+    messages: Sequence[tuple[str, str]] = (),
 ) -> dict[str, Any]:
-    """The JSON body of one streaming request; greedy decoding so runs repeat."""
+    """The JSON body of one streaming request; greedy decoding so runs repeat. Chat sends `messages` ((role,
+    content) turns) where given, else one user turn of `prompt_text`."""
+    chat = [{"role": role, "content": content} for role, content in messages] or [
+        {"role": "user", "content": prompt_text}
+    ]
     if target.api_flavour == "ollama":
         body: dict[str, Any] = {
             "model": target.served_model,
@@ -119,7 +129,7 @@ def request_body(
             "options": {"num_predict": output_tokens, "temperature": 0},
         }
         if api == "chat":
-            body["messages"] = [{"role": "user", "content": prompt_text}]
+            body["messages"] = chat
         else:
             body["prompt"] = prompt_text
         return body
@@ -133,7 +143,7 @@ def request_body(
     if ignore_eos:
         body["ignore_eos"] = True
     if api == "chat":
-        body["messages"] = [{"role": "user", "content": prompt_text}]
+        body["messages"] = chat
     else:
         body["prompt"] = prompt_text
     return body
@@ -431,7 +441,10 @@ async def send(
     'cancelled' and then re-raised, as asyncio requires.
     """
     url = _url(target.base_url, PATHS[(target.api_flavour, api)])
-    body = request_body(target, prompt.text, api=api, output_tokens=output_tokens, ignore_eos=ignore_eos)
+    body = request_body(
+        target, prompt.text, api=api, output_tokens=prompt.output_tokens or output_tokens, ignore_eos=ignore_eos,
+        messages=prompt.messages,
+    )
     content = json.dumps(body, ensure_ascii=False).encode("utf-8")
     headers = {**HEADERS[target.api_flavour], **dict(target.headers)} if target.headers else HEADERS[target.api_flavour]
     request = request_bytes(url, headers, content)

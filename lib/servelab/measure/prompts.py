@@ -55,6 +55,10 @@ class Prompt:
     language: str
     target_tokens: int
     token_count: int | None = None
+    messages: tuple[tuple[str, str], ...] = ()
+    """(role, content) turns for the chat API; empty: one user turn holding `text`. `text` is what completions send."""
+    output_tokens: int | None = None
+    """max_tokens of this prompt's request; None: the sweep's output_tokens."""
 
 
 @functools.cache

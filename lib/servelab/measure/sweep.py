@@ -25,14 +25,17 @@ from servelab.aio import run_sync
 from servelab.analyse import metrics
 from servelab.clock import now_ns
 from servelab.errors import EngineError, OutputsError
+from servelab.manifest import update_manifest
 from servelab.measure import load as load_module
 from servelab.measure import workers
 from servelab.measure.clients import Target
-from servelab.measure.prompts import Prompt, build_prompts
+from servelab.measure.prompts import Prompt
 from servelab.measure.tokens import JsonTokenizer, ServerTokenizer, local_tokenizer
+from servelab.measure.workloads import build_workload, describe_workload
 from servelab.params import ConcurrencyLoad, Params, Sweep
 from servelab.records import (
     LOADED_MODELS_FILE,
+    MANIFEST_FILE,
     POINTS_FILE,
     REQUESTS_FILE,
     SUMMARY_FILE,
@@ -190,7 +193,7 @@ def prompts_for(
     tokenizer: JsonTokenizer | ServerTokenizer | None,
 ) -> list[Prompt]:
     """A point's prompts, cut by `tokenizer` where there is one; estimated if it fails."""
-    build = functools.partial(build_prompts, sweep, language, count=count, seed=seed, prompts_file=sweep.prompts_file)
+    build = functools.partial(build_workload, sweep, language, count=count, seed=seed)
     try:
         return build(tokenizer=tokenizer)
     except (httpx.HTTPError, RuntimeError, ValueError) as error:
@@ -267,6 +270,8 @@ def _point_record(point: LoadPoint, server: RunningServer, status: str, start_ns
 
 def run_sweep(params: Params, run_dir: Path, fleet: Fleet, progress: bool = True) -> pd.DataFrame:
     """Run every point not yet finished in this run; returns the tidy summary (also written to summary.csv)."""
+    if (run_dir / MANIFEST_FILE).is_file():
+        update_manifest(run_dir, workload=describe_workload(params.sweep))
     dropped = drop_unfinished(run_dir)
     if dropped:
         log.warning("re-running %d unfinished point(s): %s", len(dropped), ", ".join(dropped))
@@ -318,12 +323,17 @@ def run_sweep(params: Params, run_dir: Path, fleet: Fleet, progress: bool = True
                     f"{point.label}; every completed request is in {run_dir / REQUESTS_FILE}. Last lines of "
                     f"{server.log_path}:\n{server.log_tail()}"
                 )
-    return write_summary(run_dir)
+    return write_summary(run_dir, slo=slo_of(params))
 
 
-def write_summary(run_dir: Path) -> pd.DataFrame:
-    """Recompute summary.csv from requests.jsonl and points.jsonl."""
-    summary = metrics.summarize(read_requests(run_dir), latest_points(run_dir))
+def slo_of(params: Params) -> metrics.Slo | None:
+    """The params' SLOs as the metrics' `Slo`, or None when the params set none."""
+    return metrics.Slo(**params.slo.model_dump()) if params.slo is not None else None
+
+
+def write_summary(run_dir: Path, slo: metrics.Slo | None = None) -> pd.DataFrame:
+    """Recompute summary.csv from requests.jsonl and points.jsonl; with `slo`, goodput_req_s per point too."""
+    summary = metrics.summarize(read_requests(run_dir), latest_points(run_dir), slo=slo)
     try:
         summary.to_csv(run_dir / SUMMARY_FILE, index=False)
     except OSError as error:

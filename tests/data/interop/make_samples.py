@@ -1,4 +1,4 @@
-"""Writes the two hand-built sample files of this folder. They are NOT recorded from real runs.
+"""Writes the hand-built sample files of this folder (see README.md). They are NOT recorded from real runs.
 
 Neither tool can be installed here, so each sample is built from synthetic per-request timings with the tool's
 own formulas. The formulas are restated from upstream source, independently of `servelab.checks.interop`:
@@ -424,8 +424,208 @@ def guidellm_sample() -> dict:
     }
 
 
+# ------------------------------------------------------------------------------------------ SGLang
+def sglang_line(requests: list[dict], rate: float, max_concurrency: int | None, details: bool) -> dict:
+    """One line of `python -m sglang.bench_serving --output-file x.jsonl`: `calculate_metrics` and the `result` dict of
+    `benchmark` (sgl-project/sglang python/sglang/bench_serving.py, commit 0033168f)."""
+    benchmark_start = requests[0]["start"] - 0.0003
+    duration = max(r["end"] for r in requests) + 0.0005 - benchmark_start
+    output_lens, ttfts_all, itls_all = [], [], []
+    total_input = completed = 0
+    itls, tpots, ttfts, e2e = [], [], [], []
+    for r in requests:
+        ttft = r["chunks"][0] - r["start"]
+        gaps = [b - a for a, b in zip(r["chunks"], r["chunks"][1:], strict=False)]
+        ttfts_all.append(ttft)
+        itls_all.append(gaps)
+        if r["failed"]:
+            output_lens.append(0)
+            continue
+        latency = r["end"] - r["start"]
+        output_lens.append(r["output"])
+        total_input += r["prompt"]
+        if r["output"] > 1:
+            tpots.append((latency - ttft) / (r["output"] - 1))
+        itls += gaps
+        ttfts.append(ttft)
+        e2e.append(latency)
+        completed += 1
+    result = {
+        "backend": "sglang-oai",
+        "dataset_name": "random",
+        "request_rate": rate,
+        "max_concurrency": max_concurrency,
+        "sharegpt_output_len": None,
+        "random_input_len": 64,
+        "random_output_len": 16,
+        "random_range_ratio": 0.0,
+        "duration": duration,
+        "completed": completed,
+        "total_input_tokens": total_input,
+        "total_output_tokens": sum(output_lens),
+        "total_output_tokens_retokenized": sum(output_lens),
+        "request_throughput": completed / duration,
+        "input_throughput": total_input / duration,
+        "output_throughput": sum(output_lens) / duration,
+        "mean_e2e_latency_ms": float(np.mean(e2e) * 1000),
+        "median_e2e_latency_ms": float(np.median(e2e) * 1000),
+        "std_e2e_latency_ms": float(np.std(e2e) * 1000),
+        "p99_e2e_latency_ms": float(np.percentile(e2e, 99) * 1000),
+        "mean_ttft_ms": float(np.mean(ttfts) * 1000),
+        "median_ttft_ms": float(np.median(ttfts) * 1000),
+        "std_ttft_ms": float(np.std(ttfts) * 1000),
+        "p99_ttft_ms": float(np.percentile(ttfts, 99) * 1000),
+        "mean_tpot_ms": float(np.mean(tpots) * 1000),
+        "median_tpot_ms": float(np.median(tpots) * 1000),
+        "std_tpot_ms": float(np.std(tpots) * 1000),
+        "p99_tpot_ms": float(np.percentile(tpots, 99) * 1000),
+        "mean_itl_ms": float(np.mean(itls) * 1000),
+        "median_itl_ms": float(np.median(itls) * 1000),
+        "std_itl_ms": float(np.std(itls) * 1000),
+        "p95_itl_ms": float(np.percentile(itls, 95) * 1000),
+        "p99_itl_ms": float(np.percentile(itls, 99) * 1000),
+        "concurrency": float(np.sum(e2e) / duration),
+        "accept_length": None,
+    }
+    if details:
+        result |= {
+            "input_lens": [r["prompt"] for r in requests],
+            "output_lens": output_lens,
+            "ttfts": ttfts_all,
+            "itls": itls_all,
+            "generated_texts": ["" if r["failed"] else " tok" * r["output"] for r in requests],
+            "errors": ["Traceback (most recent call last):\n  ...\naiohttp.client_exceptions.ClientPayloadError: "
+                       "Response payload is not completed\n" if r["failed"] else "" for r in requests],
+        }
+    return result
+
+
+def sglang_sample() -> str:
+    """Two appended runs: `--max-concurrency 4 --output-details` (request_rate inf, one failure) and
+    `--request-rate 4` without details."""
+    closed = sglang_line(synthetic_requests(seed=21, count=8, streams=4, fail=2), math.inf, 4, details=True)
+    opened = sglang_line(synthetic_requests(seed=22, count=8, streams=2, fail=None), 4.0, None, details=False)
+    return json.dumps(closed) + "\n" + json.dumps(opened) + "\n"
+
+
+# ------------------------------------------------------------------------------------------ AIPerf
+AIPERF_PERCENTILES = (1, 5, 10, 25, 50, 75, 90, 95, 99)
+
+
+def aiperf_stats(values: list[float], unit: str) -> dict:
+    """`JsonMetricResult`: unit, avg, p1..p99 (numpy linear), min, max, std (population)."""
+    array = np.asarray(values, dtype=float)
+    stats = {"unit": unit, "avg": float(array.mean())}
+    stats |= {f"p{p}": float(np.percentile(array, p)) for p in AIPERF_PERCENTILES}
+    return stats | {"min": float(array.min()), "max": float(array.max()), "std": float(array.std())}
+
+
+def aiperf_sample() -> dict:
+    """`profile_export_aiperf.json` of `aiperf profile --concurrency 4 --request-count 8 --streaming`, as
+    docs/tutorials/working-with-profile-exports.md shows it and exporters/metrics_json_exporter.py writes it
+    (ai-dynamo/aiperf): one object, each metric tag at the top level."""
+    requests = synthetic_requests(seed=31, count=8, streams=4, fail=6)
+    ok = [r for r in requests if not r["failed"]]
+    start, end = requests[0]["start"], max(r["end"] for r in requests)
+    duration = end - start
+    ms = 1000.0
+    total_osl = sum(r["output"] for r in ok)
+    total_isl = sum(r["prompt"] for r in ok)
+    return {
+        "schema_version": "1.0",
+        "aiperf_version": "0.5.0",
+        "request_throughput": {"unit": "requests/sec", "avg": len(ok) / duration},
+        "request_latency": aiperf_stats([(r["end"] - r["start"]) * ms for r in ok], "ms"),
+        "time_to_first_token": aiperf_stats([(r["chunks"][0] - r["start"]) * ms for r in ok], "ms"),
+        "inter_token_latency": aiperf_stats(
+            [((r["end"] - r["start"]) - (r["chunks"][0] - r["start"])) * ms / (r["output"] - 1) for r in ok], "ms"
+        ),
+        "inter_chunk_latency": aiperf_stats([(b - a) * ms for r in ok for a, b in zip(r["chunks"], r["chunks"][1:], strict=False)], "ms"),
+        "input_sequence_length": aiperf_stats([r["prompt"] for r in ok], "tokens"),
+        "output_sequence_length": aiperf_stats([r["output"] for r in ok], "tokens"),
+        "output_token_throughput": {"unit": "tokens/sec", "avg": total_osl / duration},
+        "total_token_throughput": {"unit": "tokens/sec", "avg": (total_isl + total_osl) / duration},
+        "benchmark_duration": {"unit": "sec", "avg": duration},
+        "request_count": {"unit": "requests", "avg": float(len(ok))},
+        "error_request_count": {"unit": "requests", "avg": float(len(requests) - len(ok))},
+        "total_isl": {"unit": "tokens", "avg": float(total_isl)},
+        "total_osl": {"unit": "tokens", "avg": float(total_osl)},
+        "was_cancelled": False,
+        "start_time": "2025-10-17T20:22:08.939332",
+        "end_time": "2025-10-17T20:22:09.901201",
+        "error_summary": [
+            {"error_details": {"code": 500, "type": "InternalServerError", "message": "Server encountered an internal error"}, "count": 1}
+        ],
+        "goodput": None,
+        "good_request_count": None,
+        "input_config": {
+            "endpoint": {"model_names": [MODEL], "type": "completions", "streaming": True, "url": "localhost:8000"},
+            "input": {"random_seed": 0, "prompt": {"output_tokens": {"mean": 16}}},
+            "loadgen": {"concurrency": 4, "request_count": 8},
+            "cli_command": f"aiperf profile -m {MODEL} --url localhost:8000 --streaming --concurrency 4 --request-count 8 --osl 16",
+        },
+    }
+
+
+# ------------------------------------------------------------------------------------------ llmperf
+def llmperf_sample() -> dict:
+    """`token_benchmark_ray.py --results-dir x`'s `<model>_64_16_summary.json`: `metrics_summary` and
+    `LLMPerfResults.to_dict` (ray-project/llmperf token_benchmark_ray.py, src/llmperf/utils.py,
+    src/llmperf/common_metrics.py): metadata and results flattened with `_`, written with json's default=str, so
+    numpy integers (the min and max of the token counts) arrive as strings."""
+    requests = synthetic_requests(seed=41, count=8, streams=2, fail=4)
+    start_time, end_time = requests[0]["start"] - 0.002, max(r["end"] for r in requests) + 0.001
+    rows = []
+    for r in requests:
+        ttft = r["chunks"][0] - r["start"]
+        # the client's time_to_next_token: TTFT, then every gap; their sum is divided by the output tokens
+        inter = (r["chunks"][-1] - r["start"]) / r["output"]
+        e2e = r["end"] - r["start"]
+        rows.append(
+            {
+                "error_code": 500 if r["failed"] else None,
+                "inter_token_latency_s": inter,
+                "ttft_s": ttft,
+                "end_to_end_latency_s": e2e,
+                "request_output_throughput_token_per_s": r["output"] / e2e,
+                "number_input_tokens": r["prompt"],
+                "number_output_tokens": r["output"],
+            }
+        )
+    ok = [row for row in rows if row["error_code"] is None]
+    flat: dict = {"version": "2023-08-31", "name": "HuggingFaceTB-SmolLM2-135M-Instruct_64_16_summary", "model": MODEL,
+                  "mean_input_tokens": 64, "stddev_input_tokens": 0, "mean_output_tokens": 16, "stddev_output_tokens": 0,
+                  "num_concurrent_requests": 2}  # fmt: skip
+    for key in ("inter_token_latency_s", "ttft_s", "end_to_end_latency_s", "request_output_throughput_token_per_s",
+                "number_input_tokens", "number_output_tokens"):  # fmt: skip
+        values = np.asarray([row[key] for row in ok])
+        for q in (25, 50, 75, 90, 95, 99):
+            flat[f"results_{key}_quantiles_p{q}"] = float(np.percentile(values.astype(float), q))
+        flat[f"results_{key}_mean"] = float(values.mean())
+        low, high = values.min(), values.max()
+        integers = values.dtype.kind == "i"
+        flat[f"results_{key}_min"] = str(low) if integers else float(low)
+        flat[f"results_{key}_max"] = str(high) if integers else float(high)
+        flat[f"results_{key}_stddev"] = float(values.astype(float).std(ddof=1))
+    errors = len(rows) - len(ok)
+    flat |= {
+        "results_num_requests_started": len(rows),
+        "results_error_rate": errors / len(rows),
+        "results_number_errors": errors,
+        "results_error_code_frequency": "{500: 1}",
+        "results_mean_output_throughput_token_per_s": sum(row["number_output_tokens"] for row in ok) / (end_time - start_time),
+        "results_num_completed_requests": len(ok),
+        "results_num_completed_requests_per_min": len(ok) / (end_time - start_time) * 60,
+        "timestamp": 1749651753,
+    }
+    return flat
+
+
 if __name__ == "__main__":
     (HERE / "vllm_bench_serve_sample.json").write_text(json.dumps(vllm_sample()), encoding="utf-8")
     (HERE / "guidellm_report_sample.json").write_text(
         json.dumps(guidellm_sample(), indent=1), encoding="utf-8"
     )
+    (HERE / "sglang_bench_serving_sample.jsonl").write_text(sglang_sample(), encoding="utf-8")
+    (HERE / "aiperf_profile_export_sample.json").write_text(json.dumps(aiperf_sample(), indent=2), encoding="utf-8")
+    (HERE / "llmperf_summary_sample.json").write_text(json.dumps(llmperf_sample(), indent=4), encoding="utf-8")
