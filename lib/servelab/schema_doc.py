@@ -34,6 +34,9 @@ def _sections(node: dict[str, typing.Any], path: str, models: dict[str, type[Bas
         if "$ref" not in variant:
             continue
         model = models[variant["$ref"].rsplit("/", 1)[-1]]
+        if "kind" not in model.model_fields:
+            found += [(path, model), *_fields(model, path, models)]
+            continue
         kinds = _kinds(model)
         shown = kinds[0] if len(kinds) == 1 else ", ".join(kinds[:-1]) + " or " + kinds[-1]
         found += [(f"{path}, kind: {shown}", model), *_fields(model, path, models)]
@@ -52,7 +55,8 @@ def sections() -> tuple[tuple[str, type[BaseModel]], ...]:
     """Every section of the reference: (key path, model), derived from `Params.model_json_schema()`, so that a new
     engine or load kind in the params unions appears without a list to keep."""
     models = _model_classes()
-    return (("top level", schema.Params), *_fields(schema.Params, "", models))
+    found = [("top level", schema.Params), *_fields(schema.Params, "", models)]
+    return tuple(dict.fromkeys(found))
 
 
 SECTIONS = sections()
