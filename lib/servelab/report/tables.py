@@ -33,7 +33,20 @@ def run_header(run_dir: Path) -> pd.DataFrame:
     calibration = manifest.get("calibration")
     if calibration:
         rows.append(("client ceiling", _calibration_text(calibration)))
+    rows += _cluster_rows(manifest.get("cluster"))
     return pd.DataFrame(rows, columns=["", "value"]).set_index("")
+
+
+def _cluster_rows(cluster: dict | None) -> list[tuple[str, str]]:
+    """Under `--cluster`, one row per co-location group: its deployments, its node and how it ended."""
+    if not cluster:
+        return []
+    rows = []
+    for name, group in cluster.get("groups", {}).items():
+        node = f"node {group['node_id'][:12]} at {group.get('node_ip')} ({group.get('hostname')})" if group.get("node_id") else "no node"
+        status = group["status"] + (f": {group['message']}" if group.get("message") else "")
+        rows.append((f"group {name}", f"{', '.join(group['deployments'])} on {node}; {status}"))
+    return rows
 
 
 def _calibration_text(calibration: dict) -> str:
