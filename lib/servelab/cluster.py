@@ -425,7 +425,7 @@ def _receive(ray: Any, ref: Any, group: Group, run_dir: Path, state: dict[str, A
         outcome: GroupOutcome = ray.get(ref)
     except ray.exceptions.RayError as error:
         where = f" on node {state['node_id'][:12]} ({state.get('node_ip')})" if state.get("node_id") else ""
-        state.update(status="failed", message=f"its Ray actor{where} ended without a result: {type(error).__name__}")
+        state.update(status="failed", message=f"its Ray actor{where} was lost, its node dead or unreachable ({type(error).__name__})")
         log.error("group %s failed: %s: %s", group.name, state["message"], _first_line(error))
         return
     folder = run_dir / GROUPS_DIR / group.name

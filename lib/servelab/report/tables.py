@@ -68,7 +68,7 @@ def key_results(summary: pd.DataFrame, requests: pd.DataFrame, samples: pd.DataF
     alone = summary[~summary.get("interference", pd.Series(False, index=summary.index)).fillna(False).astype(bool)]
     rows = []
     for deployment, frame in alone.groupby("deployment"):
-        throughput = _pick(frame, "output_tok_s", "value")
+        throughput = _pick(frame, "output_tok_s", "value").dropna(subset=["value"])  # a failed point has none
         ttft = _pick(frame, "ttft_ms", "p50")
         lowest = ttft[ttft["load_value"] == ttft["load_value"].min()] if not ttft.empty else ttft
         success = _pick(frame, "success_rate", "value")
