@@ -350,21 +350,21 @@ def run_on_cluster(
     Raises ClusterError, after the report is written, when a group did not finish."""
     outputs = Path(outputs_dir)
     params = load_params(params_path)
+    groups = form_groups(params)
     run_dir = None
+    states: dict[str, dict[str, Any]] = {}
     if resume:
         run_dir = Path(resume) if Path(resume).is_dir() else outputs / resume
         if not (run_dir / MANIFEST_FILE).is_file():
             raise ClusterError(f"--resume {resume}: no run folder {run_dir}; `ls {outputs}` lists the runs")
-    run_dir = create_run(params, params_path, run_dir, outputs)
-    if not (run_dir / "params.yaml").exists():
-        shutil.copy2(params_path, run_dir / "params.yaml")
-    groups = form_groups(params)
-    cluster = read_manifest(run_dir).get("cluster") or {"groups": {}}
-    states: dict[str, dict[str, Any]] = cluster["groups"]
+        states = (read_manifest(run_dir).get("cluster") or {}).get("groups", {})
     todo = [group for group in groups if states.get(group.name, {}).get("status") != "done"]
     ray = _connect(address)
     try:
-        _check_resources(ray, todo or groups, resource)
+        _check_resources(ray, todo or groups, resource)  # before the run folder exists: nothing half-made
+        run_dir = create_run(params, params_path, run_dir, outputs)
+        if not (run_dir / "params.yaml").exists():
+            shutil.copy2(params_path, run_dir / "params.yaml")
         _run_groups(ray, params, params_path, todo, run_dir, resource, address, states)
     finally:
         ray.shutdown()

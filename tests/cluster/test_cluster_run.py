@@ -40,6 +40,16 @@ def test_demo_in_two_groups_runs_one_group_per_node_of_a_loopback_ray_cluster_wi
     loopback_ray_cluster, tmp_path
 ):
     outputs = tmp_path / "outputs"
+    refused = loopback_ray_cluster.servelab(
+        "run", str(DEMO), "--outputs", str(tmp_path / "refused"), "--cluster", loopback_ray_cluster.address,
+        "--gpu-resource", "GPU", cwd=REPO,
+    )
+    _, stderr = refused.communicate(timeout=RUN_TIMEOUT_S)
+    assert refused.returncode == 2
+    assert "has 0 GPU in all, but group a needs 1" in stderr and "--gpu-resource" in stderr
+    assert "Traceback" not in stderr
+    assert not (tmp_path / "refused").exists(), "refused before any run folder was made"
+
     code, stdout, stderr = _run_servelab(loopback_ray_cluster, str(DEMO), "--outputs", str(outputs))
     assert code == 0, stderr[-4000:]
     run_dir = _only_run(outputs)
