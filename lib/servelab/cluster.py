@@ -5,7 +5,7 @@ sweep (`session.lab` + `measure.sweep.run_sweep`) into a folder on its node and 
 The head keeps each group's folder as it came, under `groups/<group>/` on its node's own clock, and joins
 them into the run folder: every time shifted onto the head's clock through each node's wall anchor, points
 tagged with their group and node. A group whose node dies has its points marked failed; `--resume` runs only
-the groups that did not come back done, and sends back to the node what a group had finished.
+the groups that did not come back done, each from its start.
 """
 
 from __future__ import annotations
@@ -70,38 +70,36 @@ def _gpus_of(deployment: Any) -> frozenset[int]:
     return frozenset(getattr(deployment, "gpus", None) or ())
 
 
+def _overlapping_gpus(deployments: Iterable[Any]) -> dict[str, str]:
+    """Deployment name -> `gpu<i>-<j>` for deployments that name GPUs, joined where their GPUs overlap."""
+    joined: list[tuple[set[int], list[str]]] = []
+    for deployment in deployments:
+        gpus, members = set(_gpus_of(deployment)), [deployment.name]
+        if not gpus:
+            continue
+        for entry in [entry for entry in joined if entry[0] & gpus]:
+            joined.remove(entry)
+            gpus, members = gpus | entry[0], entry[1] + members
+        joined.append((gpus, members))
+    return {name: "gpu" + "-".join(map(str, sorted(gpus))) for gpus, members in joined for name in members}
+
+
 def form_groups(params: Params) -> list[Group]:
     """The co-location groups: by each deployment's `group`; else deployments whose `gpus` overlap share one;
     else everything is one group (a host without GPUs). Groups keep the params' order."""
-    keys: dict[str, str] = {}
-    gpu_sets: list[tuple[str, set[int]]] = []
+    by_gpus = _overlapping_gpus(d for d in params.deployments if not d.group)
+    members: dict[str, list[Any]] = {}
     for deployment in params.deployments:
-        if deployment.group:
-            keys[deployment.name] = deployment.group
-            continue
-        gpus = _gpus_of(deployment)
-        if not gpus:
-            keys[deployment.name] = DEFAULT_GROUP
-            continue
-        touching = [entry for entry in gpu_sets if entry[1] & gpus]
-        merged = set(gpus).union(*(entry[1] for entry in touching))
-        for entry in touching:
-            gpu_sets.remove(entry)
-        name = "gpu" + "-".join(map(str, sorted(merged)))
-        gpu_sets.append((name, merged))
-        for other, key in keys.items():
-            if any(key == entry[0] for entry in touching):
-                keys[other] = name
-        keys[deployment.name] = name
-    groups: dict[str, list[str]] = {}
-    for deployment in params.deployments:
-        groups.setdefault(keys[deployment.name], []).append(deployment.name)
-    by_name = {d.name: d for d in params.deployments}
-    result = []
-    for name, members in groups.items():
-        gpus = set().union(*(_gpus_of(by_name[m]) for m in members))
-        result.append(Group(name=name, deployments=tuple(members), gpus=max(1, len(gpus))))
-    return result
+        key = deployment.group or by_gpus.get(deployment.name, DEFAULT_GROUP)
+        members.setdefault(key, []).append(deployment)
+    return [
+        Group(
+            name=name,
+            deployments=tuple(d.name for d in group),
+            gpus=max(1, len(set().union(*(_gpus_of(d) for d in group)))),
+        )
+        for name, group in members.items()
+    ]
 
 
 def group_params(params: Params, group: Group) -> Params:
@@ -186,13 +184,12 @@ class GroupRunner:
     def where(self) -> dict[str, Any]:
         return where_am_i()
 
-    def run(self, params_data: dict[str, Any], params_file: str, run_id: str, group: str, previous: bytes | None) -> GroupOutcome:
-        return run_group(params_data, params_file, run_id, group, previous)
+    def run(self, params_data: dict[str, Any], params_file: str, run_id: str, group: str) -> GroupOutcome:
+        return run_group(params_data, params_file, run_id, group)
 
 
-def run_group(params_data: dict[str, Any], params_file: str, run_id: str, group: str, previous: bytes | None) -> GroupOutcome:
-    """Deploy the group's servers on this node, sweep them, and return the folder. `previous` is the folder an
-    earlier attempt sent back, so the sweep resumes at its first unfinished point."""
+def run_group(params_data: dict[str, Any], params_file: str, run_id: str, group: str) -> GroupOutcome:
+    """Deploy the group's servers on this node, sweep them, and return the folder, finished or not."""
     from servelab.measure.sweep import run_sweep
 
     node = where_am_i()
@@ -202,8 +199,6 @@ def run_group(params_data: dict[str, Any], params_file: str, run_id: str, group:
         params = params.model_copy(update={"memory": params.memory.model_copy(update={"device_index": device})})
     folder = Path(tempfile.gettempdir()) / SCRATCH_DIR / run_id / group
     shutil.rmtree(folder, ignore_errors=True)
-    if previous:
-        _unpack(previous, folder)
     outcome = GroupOutcome(group=group, anchor={}, status="done", **node)
     try:
         create_run(params, params_file, folder)
@@ -269,10 +264,10 @@ def join_groups(params: Params, run_dir: Path) -> None:
     for group in form_groups(params):
         state = states[group.name]
         folder = run_dir / GROUPS_DIR / group.name
-        offset = clock_offset_ns(state["anchor"], head_anchor) if state.get("anchor") else 0
-        state["clock_offset_ns"] = offset
         tags = {"group": group.name, "node_id": state.get("node_id"), "node_ip": state.get("node_ip")}
         if (folder / MANIFEST_FILE).exists():
+            offset = clock_offset_ns(read_manifest(folder)["clock"]["anchor"], head_anchor)
+            state["clock_offset_ns"] = offset
             requests.extend(_joined_requests(folder, offset))
             for row in read_jsonl(folder / POINTS_FILE):
                 row["start_ns"] = _shift(row.get("start_ns"), offset)
@@ -390,8 +385,6 @@ def _run_groups(
     pending: dict[Any, tuple[Group, str]] = {}
     actors = {}
     for group in groups:
-        folder = run_dir / GROUPS_DIR / group.name
-        previous = _pack(folder) if (folder / MANIFEST_FILE).exists() else None
         states[group.name] = {
             "deployments": list(group.deployments), "resource": resource, "amount": group.gpus,
             "status": "waiting", "submitted_ns": now_ns(), "submitted_utc": wall_anchor()["utc"],
@@ -400,7 +393,7 @@ def _run_groups(
         actors[group.name] = actor
         pending[actor.where.remote()] = (group, "placed")
         data = group_params(params, group).model_dump(mode="json")
-        pending[actor.run.remote(data, str(params_path), run_dir.name, group.name, previous)] = (group, "finished")
+        pending[actor.run.remote(data, str(params_path), run_dir.name, group.name)] = (group, "finished")
     log.info("%d group(s) sent to the Ray cluster at %s: %s", len(groups), address, ", ".join(g.name for g in groups))
     while pending:
         update_manifest(run_dir, cluster={"address": address, "resource": resource, "groups": states})

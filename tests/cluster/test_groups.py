@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -23,6 +24,21 @@ def test_demo_cluster_params_form_groups_a_and_b_of_one_deployment_each():
 def test_deployments_without_a_group_form_one_group_for_the_host():
     params = load_params(REPO / "params" / "demo.yaml")
     assert [(g.name, g.deployments) for g in form_groups(params)] == [(DEFAULT_GROUP, ("smollm2",))]
+
+
+def test_deployments_whose_gpus_overlap_share_a_group_asking_for_all_their_gpus_on_stand_in_deployments():
+    # Stand-ins: the params schema of this branch has no `gpus` yet (issue 17, item 1, adds it).
+    def deployment(name: str, gpus: tuple[int, ...], group: str | None = None) -> SimpleNamespace:
+        return SimpleNamespace(name=name, gpus=gpus, group=group)
+
+    params = SimpleNamespace(deployments=(
+        deployment("small", (0,)), deployment("split", (1, 2)), deployment("beside", (2,)),
+        deployment("named", (0,), group="mine"), deployment("cpu", ()),
+    ))
+    groups = form_groups(params)  # type: ignore[arg-type]
+    assert [(g.name, g.deployments, g.gpus) for g in groups] == [
+        ("gpu0", ("small",), 1), ("gpu1-2", ("split", "beside"), 2), ("mine", ("named",), 1), (DEFAULT_GROUP, ("cpu",), 1)
+    ]
 
 
 def test_a_group_name_is_checked_like_a_deployment_name():
