@@ -18,10 +18,20 @@ def _run(args: argparse.Namespace) -> int:
     from servelab.params import load_params
     from servelab.run import describe_grid, run
 
+    if args.dry_run and args.cluster:
+        from servelab.cluster import describe_groups
+
+        print(describe_groups(load_params(args.params), args.gpu_resource))
+        return 0
     if args.dry_run:
         print(describe_grid(load_params(args.params)))
         return 0
-    result = run(args.params, outputs_dir=args.outputs, resume=args.resume)
+    if args.cluster:
+        from servelab.cluster import run_on_cluster
+
+        result = run_on_cluster(args.params, args.cluster, args.outputs, args.resume, args.gpu_resource)
+    else:
+        result = run(args.params, outputs_dir=args.outputs, resume=args.resume)
     print(f"run folder: {result.run_dir}")
     print(f"report: {result.report}")
     return 0
@@ -160,6 +170,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--outputs", default="outputs", help="where run folders go (default: outputs)")
     run.add_argument("--resume", metavar="RUN_ID", help="complete an interrupted run instead of starting a new one")
     run.add_argument("--dry-run", action="store_true", help="print the grid and an estimated duration, run nothing")
+    run.add_argument(
+        "--cluster", metavar="ADDRESS",
+        help="run each co-location group as a Ray task on a node of this Ray cluster (host:port, or auto); needs .[cluster]",
+    )
+    run.add_argument(
+        "--gpu-resource", default="GPU", metavar="NAME",
+        help="the Ray resource a group asks for, one per GPU it uses (default GPU; a custom resource stands in on CPU nodes)",
+    )
     run.set_defaults(handler=_run)
 
     bench = commands.add_parser("bench", help="measure a server that runs already, at URL; writes a run folder and report")

@@ -133,6 +133,10 @@ class Deployment(Strict):
     startup_timeout_s: float = Field(600.0, gt=0, le=7200, description="seconds to wait for the health check before giving up")
     env: dict[str, str] = Field(default_factory=dict, description="plain environment; secrets belong in the environment, named in secret_env")
     secret_env: tuple[str, ...] = Field((), description="names of environment variables passed through, never their values; for kind endpoint, the one that holds its API key (sent as a bearer token)")
+    group: str | None = Field(
+        None, pattern=NAME_PATTERN,
+        description="co-location group: the deployments that share a GPU, placed on one node under --cluster; default: one group",
+    )
     gpus: tuple[int, ...] | None = Field(None, description="the GPUs this server may use, by index: CUDA_VISIBLE_DEVICES natively, device_ids in compose; default: all")
 
     @field_validator("gpus")

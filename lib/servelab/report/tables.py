@@ -33,7 +33,20 @@ def run_header(run_dir: Path) -> pd.DataFrame:
     calibration = manifest.get("calibration")
     if calibration:
         rows.append(("client ceiling", _calibration_text(calibration)))
+    rows += _cluster_rows(manifest.get("cluster"))
     return pd.DataFrame(rows, columns=["", "value"]).set_index("")
+
+
+def _cluster_rows(cluster: dict | None) -> list[tuple[str, str]]:
+    """Under `--cluster`, one row per co-location group: its deployments, its node and how it ended."""
+    if not cluster:
+        return []
+    rows = []
+    for name, group in cluster.get("groups", {}).items():
+        node = f"node {group['node_id'][:12]} at {group.get('node_ip')} ({group.get('hostname')})" if group.get("node_id") else "no node"
+        status = group["status"] + (f": {group['message']}" if group.get("message") else "")
+        rows.append((f"group {name}", f"{', '.join(group['deployments'])} on {node}; {status}"))
+    return rows
 
 
 def _calibration_text(calibration: dict) -> str:
@@ -55,7 +68,7 @@ def key_results(summary: pd.DataFrame, requests: pd.DataFrame, samples: pd.DataF
     alone = summary[~summary.get("interference", pd.Series(False, index=summary.index)).fillna(False).astype(bool)]
     rows = []
     for deployment, frame in alone.groupby("deployment"):
-        throughput = _pick(frame, "output_tok_s", "value")
+        throughput = _pick(frame, "output_tok_s", "value").dropna(subset=["value"])  # a failed point has none
         ttft = _pick(frame, "ttft_ms", "p50")
         lowest = ttft[ttft["load_value"] == ttft["load_value"].min()] if not ttft.empty else ttft
         success = _pick(frame, "success_rate", "value")
