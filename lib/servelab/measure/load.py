@@ -176,19 +176,6 @@ async def sleep_until(target_ns: int) -> None:
         await asyncio.sleep(whole_ms / 1000 if whole_ms > 0 else 0)
 
 
-def load_params_for(sweep: Sweep, load_kind: str, load_value: float) -> LoadParams:
-    """The sweep's load entry holding this kind and value; defaults when the value is not in the sweep."""
-    for load in sweep.load:
-        if load.kind == load_kind and any(math.isclose(v, load_value) for v in load.values):
-            return load
-    for load in sweep.load:
-        if load.kind == load_kind:
-            return load
-    if load_kind == "concurrency":
-        return ConcurrencyLoad(values=(max(1, int(load_value)),))
-    return RateLoad(kind=load_kind, values=(load_value,))  # type: ignore[arg-type]
-
-
 @dataclass(slots=True)
 class _Point:
     """The mutable state of one running point."""
@@ -335,38 +322,35 @@ async def run_point(
     client: StreamClient,
     target: Target,
     prompts: list[Prompt],
-    load_kind: str,
+    load: LoadParams,
     load_value: float,
     sweep: Sweep,
     point_id: str,
     on_record: Callable[[RequestRecord], None],
     *,
-    load: LoadParams | None = None,
     lag_limit_ms: float | None = None,
     token_counter: TokenCounter | None = None,
 ) -> PointOutcome:
     """Run one load point: warm-up requests (tagged), then the measured phase; `on_record` gets each record
-    as its request completes. `load_kind` is 'concurrency' (value: workers) or constant/poisson/gamma
-    (value: requests/s); burstiness, ramp-up and max_concurrency come from `load` or the sweep's entry.
+    as its request completes. `load` is the point's typed entry of the sweep: concurrency (`load_value`: workers)
+    or constant/poisson/gamma (`load_value`: requests/s), with its burstiness, ramp-up and max_concurrency.
     The RNG is `random.Random` seeded from sweep.seed and point_id.
     """
     if not prompts:
         raise ValueError(f"point {point_id}: no prompts to send")
     if load_value <= 0:
         raise ValueError(f"point {point_id}: load value must be positive, got {load_value}")
-    load = load or load_params_for(sweep, load_kind, load_value)
     limit = sweep.requests_per_point
     point = _Point(client, target, prompts, sweep, point_id, on_record, token_counter)
     rng = random.Random(f"servelab.measure.load:{sweep.seed}:{point_id}")
 
-    if load_kind == "concurrency":
+    if isinstance(load, ConcurrencyLoad):
         concurrency = int(load_value)
         offsets: list[int] = []
     else:
-        assert isinstance(load, RateLoad)
         concurrency = load.max_concurrency or sweep.warmup_requests
         offsets = arrival_offsets_ns(
-            load_kind,
+            load.kind,
             load_value,
             rng,
             count=limit,
@@ -379,15 +363,13 @@ async def run_point(
     warmups = point.next_index
 
     anchor = now_ns() + START_LEAD_NS
-    if load_kind == "concurrency":
-        assert isinstance(load, ConcurrencyLoad)
+    if isinstance(load, ConcurrencyLoad):
         deadline = anchor + sweep.duration_s * NS_PER_S if sweep.duration_s is not None else math.inf
         await _closed_loop(point, concurrency, load.ramp_up_s, anchor, limit, deadline)
     else:
-        assert isinstance(load, RateLoad)
         await _open_loop(point, offsets, anchor, load.max_concurrency)
 
-    limit_ms = lag_limit_ms if lag_limit_ms is not None else schedule_lag_limit_ms(load_kind, load_value)
+    limit_ms = lag_limit_ms if lag_limit_ms is not None else schedule_lag_limit_ms(load.kind, load_value)
     lags_ms = np.asarray(point.lags_ns, dtype=float) / 1e6
     p50 = float(np.percentile(lags_ms, 50)) if lags_ms.size else None
     p99 = float(np.percentile(lags_ms, 99)) if lags_ms.size else None
@@ -509,7 +491,10 @@ async def find_max_throughput(
         point_id = f"{point_id_prefix}-{load_kind}-{value:g}"
         offset = sum(s.outcome.requests + s.outcome.warmup_requests for s in steps) % len(prompts)
         rotated = prompts[offset:] + prompts[:offset]
-        outcome = await run_point(client, target, rotated, load_kind, value, sweep, point_id, keep)
+        load: LoadParams = (
+            ConcurrencyLoad(values=(int(value),)) if load_kind == "concurrency" else RateLoad(kind=load_kind, values=(value,))  # type: ignore[arg-type]
+        )
+        outcome = await run_point(client, target, rotated, load, value, sweep, point_id, keep)
         step = _step(value, outcome, collected, steps[-1] if steps else None, slo, slo_percentile)
         steps.append(step)
         if outcome.requests and outcome.errors / outcome.requests > max_error_rate:

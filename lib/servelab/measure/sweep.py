@@ -29,7 +29,7 @@ from servelab.measure import load as load_module
 from servelab.measure.clients import Target
 from servelab.measure.prompts import Prompt, build_prompts
 from servelab.measure.tokens import JsonTokenizer, ServerTokenizer, local_tokenizer
-from servelab.params import ConcurrencyLoad, Params, Sweep
+from servelab.params import ConcurrencyLoad, LoadParams, Params, Sweep
 from servelab.records import (
     POINTS_FILE,
     REQUESTS_FILE,
@@ -46,16 +46,29 @@ from servelab.serve.deploy import Fleet, RunningServer
 
 log = logging.getLogger(__name__)
 FINISHED = ("done", "failed")
+UNCAPPED_OPEN_LOOP = 1024
+"""Connections sized for an open-loop point without max_concurrency."""
 
 
 @dataclass(frozen=True)
 class LoadPoint:
-    """One cell of the grid."""
+    """One cell of the grid: who, in which language, under which typed load entry of the sweep at which value."""
 
     deployments: tuple[str, ...]
     language: str
-    load_kind: str
+    load: LoadParams
     load_value: float
+
+    @property
+    def load_kind(self) -> str:
+        return self.load.kind
+
+    @property
+    def max_concurrency(self) -> int:
+        """The most requests this point keeps in flight per deployment (open loop: its cap, else 1024)."""
+        if isinstance(self.load, ConcurrencyLoad):
+            return int(self.load_value)
+        return self.load.max_concurrency or UNCAPPED_OPEN_LOOP
 
     @property
     def interference(self) -> bool:
@@ -75,7 +88,7 @@ def plan_points(params: Params) -> list[LoadPoint]:
     """Every deployment alone (the others idle), then, with several deployments, all of them at once."""
     names = tuple(d.name for d in params.deployments)
     points = [
-        LoadPoint((name,), language, load.kind, float(value))
+        LoadPoint((name,), language, load, float(value))
         for name in names
         for language in params.sweep.languages
         for load in params.sweep.load
@@ -83,7 +96,7 @@ def plan_points(params: Params) -> list[LoadPoint]:
     ]
     if len(names) > 1:
         points += [
-            LoadPoint(names, params.sweep.languages[0], load.kind, float(value))
+            LoadPoint(names, params.sweep.languages[0], load, float(value))
             for load in params.sweep.load
             for value in load.values
         ]
@@ -105,17 +118,6 @@ def estimate_seconds(params: Params, seconds_per_request: float = 0.5) -> float:
     return total
 
 
-def target_for(server: RunningServer) -> Target:
-    return Target(
-        deployment=server.name,
-        framework=server.framework,
-        model=server.model,
-        served_model=server.served_model,
-        base_url=server.base_url,
-        api_flavour=server.api_flavour,  # type: ignore[arg-type]
-    )
-
-
 def drop_unfinished(run_dir: Path) -> list[str]:
     """Remove the requests of points that started but never finished; returns their point ids."""
     points = latest_points(run_dir)
@@ -126,18 +128,9 @@ def drop_unfinished(run_dir: Path) -> list[str]:
     return sorted(unfinished)
 
 
-def _max_concurrency(point: LoadPoint, params: Params) -> int:
-    if point.load_kind == "concurrency":
-        return int(point.load_value)
-    for load in params.sweep.load:
-        if load.kind == point.load_kind and not isinstance(load, ConcurrencyLoad) and load.max_concurrency:
-            return load.max_concurrency
-    return 1024
-
-
 def connections_needed(params: Params) -> int:
     """The most connections any point of the grid opens at once (the interference point sums its deployments)."""
-    return max(_max_concurrency(point, params) * len(point.deployments) for point in plan_points(params))
+    return max(point.max_concurrency * len(point.deployments) for point in plan_points(params))
 
 
 def prompt_count(point: LoadPoint, params: Params) -> int:
@@ -202,7 +195,7 @@ async def _run_point(
     tokenizers: Mapping[str, JsonTokenizer | ServerTokenizer | None],
 ) -> list[load_module.PointOutcome]:
     servers = [fleet[name] for name in point.deployments]
-    connections = _max_concurrency(point, params) * len(servers)
+    connections = point.max_concurrency * len(servers)
     async with load_module.make_client(connections) as client:
         jobs = []
         count = prompt_count(point, params) + params.sweep.warmup_requests
@@ -211,9 +204,9 @@ async def _run_point(
             jobs.append(
                 load_module.run_point(
                     client,
-                    target_for(server),
+                    Target.for_server(server),
                     prompts,
-                    point.load_kind,
+                    point.load,
                     point.load_value,
                     params.sweep,
                     point.point_id(server.name),
