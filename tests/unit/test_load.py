@@ -16,12 +16,12 @@ from itertools import pairwise
 
 import pytest
 from servelab.analyse.metrics import Slo
+from servelab.checks.search import find_max_throughput
 from servelab.clock import now_ns
 from servelab.measure.clients import Target
 from servelab.measure.load import (
     LAG_LIMIT_MS,
     arrival_offsets_ns,
-    find_max_throughput,
     make_client,
     run_point,
     schedule_lag_limit_ms,
