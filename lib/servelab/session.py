@@ -17,6 +17,7 @@ from typing import Any
 from servelab.checks.calibrate import record_calibration
 from servelab.errors import OutputsError
 from servelab.manifest import build_manifest, read_manifest, update_manifest, write_manifest
+from servelab.observe import gpu_inventory
 from servelab.params import Params, load_params, params_stem
 from servelab.records import MANIFEST_FILE
 from servelab.serve import deploy as deployment_module
@@ -52,7 +53,7 @@ def create_run(
     try:
         path.mkdir(parents=True, exist_ok=True)
         if not (path / MANIFEST_FILE).exists():
-            write_manifest(path, build_manifest(params, str(params_path), path.name, REPO))
+            write_manifest(path, build_manifest(params, str(params_path), path.name, REPO, gpu_inventory()))
             record_calibration(path)  # this host's last `servelab calibrate`, if there is one
     except OSError as error:
         raise OutputsError(f"cannot create the run folder {path}: {error.strerror}; check the disk and permissions") from None

@@ -26,7 +26,7 @@ from servelab.observe.memory import (
     read_samples,
     timeline,
 )
-from servelab.observe.nvml import FreeMemory, NvmlReader, free_device_mib, nvml_available
+from servelab.observe.nvml import FreeMemory, NvmlReader, free_device_mib, gpu_inventory, nvml_available
 from servelab.observe.sampler import MemorySampler, next_tick
 
 __all__ = [
@@ -44,6 +44,7 @@ __all__ = [
     "deployment_memory",
     "energy_per_deployment",
     "free_device_mib",
+    "gpu_inventory",
     "idle_footprint",
     "load_events",
     "memory_under_load",
