@@ -94,6 +94,14 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
     return json.loads((run_dir / MANIFEST_FILE).read_text(encoding="utf-8"))
 
 
+def read_params(run_dir: Path) -> Params:
+    """The run's params as they were resolved and validated when the run began (the manifest's copy, redacted).
+
+    Every notebook kernel, the report and `servelab report` read these, never the YAML file again: the file may
+    have changed since, or may be on another machine."""
+    return Params.model_validate(read_manifest(run_dir)["params"])
+
+
 def update_manifest(run_dir: Path, **sections: Any) -> dict[str, Any]:
     manifest = read_manifest(run_dir)
     manifest.update(sections)

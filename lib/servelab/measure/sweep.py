@@ -18,13 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import pandas as pd
 from tqdm.auto import tqdm
 
 from servelab.aio import run_sync
-from servelab.analyse import metrics
 from servelab.clock import now_ns
-from servelab.errors import EngineError, OutputsError
+from servelab.errors import EngineError
 from servelab.measure import load as load_module
 from servelab.measure.clients import Target
 from servelab.measure.prompts import Prompt, build_prompts
@@ -33,7 +31,6 @@ from servelab.params import ConcurrencyLoad, LoadParams, Params, Sweep
 from servelab.records import (
     POINTS_FILE,
     REQUESTS_FILE,
-    SUMMARY_FILE,
     JsonlWriter,
     PointRecord,
     RequestRecord,
@@ -231,8 +228,8 @@ def _point_record(point: LoadPoint, server: RunningServer, status: str, start_ns
     )
 
 
-def run_sweep(params: Params, run_dir: Path, fleet: Fleet, progress: bool = True) -> pd.DataFrame:
-    """Run every point not yet finished in this run; returns the tidy summary (also written to summary.csv)."""
+def run_sweep(params: Params, run_dir: Path, fleet: Fleet, progress: bool = True) -> None:
+    """Run every point not yet finished in this run, every request on disk (`servelab.analyse.summary` sums them up)."""
     dropped = drop_unfinished(run_dir)
     if dropped:
         log.warning("re-running %d unfinished point(s): %s", len(dropped), ", ".join(dropped))
@@ -279,17 +276,6 @@ def run_sweep(params: Params, run_dir: Path, fleet: Fleet, progress: bool = True
                     f"{point.label}; every completed request is in {run_dir / REQUESTS_FILE}. Last lines of "
                     f"{server.log_path}:\n{server.log_tail()}"
                 )
-    return write_summary(run_dir)
-
-
-def write_summary(run_dir: Path) -> pd.DataFrame:
-    """Recompute summary.csv from requests.jsonl and points.jsonl."""
-    summary = metrics.summarize(read_requests(run_dir), latest_points(run_dir))
-    try:
-        summary.to_csv(run_dir / SUMMARY_FILE, index=False)
-    except OSError as error:
-        raise OutputsError(f"cannot write {run_dir / SUMMARY_FILE}: {error.strerror}; free space or fix permissions") from None
-    return summary
 
 
 def completed_requests(run_dir: Path) -> list[RequestRecord]:
