@@ -17,7 +17,7 @@ from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 from tqdm.auto import tqdm
 
 from servelab.errors import OutputsError, ServelabError
-from servelab.manifest import read_manifest
+from servelab.manifest import read_manifest, read_params
 from servelab.measure.load import ensure_file_descriptors
 from servelab.measure.sweep import connections_needed, estimate_seconds, plan_points
 from servelab.params import Params, load_params
@@ -151,11 +151,12 @@ def run(
         run_dir = Path(resume) if Path(resume).is_dir() else outputs / resume
         if not run_dir.is_dir():
             raise ServelabError(f"--resume {resume}: no run folder {run_dir}; `ls {outputs}` lists the runs")
-    params = load_params(params_path)
+    params = read_params(run_dir) if run_dir is not None and (run_dir / MANIFEST_FILE).is_file() else load_params(params_path)
     ensure_file_descriptors(connections_needed(params))  # before the run folder exists: nothing half-made
     run_dir = create_run(params, params_path, run_dir, outputs)
     if not (run_dir / "params.yaml").exists():
         shutil.copy2(params_path, run_dir / "params.yaml")
+        redact_file(run_dir / "params.yaml")
     log.info("run folder: %s", run_dir)
     with stop_on_signals(), lab(params, run_dir), PointProgress(params, run_dir):
         for name in notebooks:

@@ -60,9 +60,10 @@ def create_run(
     return path
 
 
-def latest_run(outputs_dir: str | Path = "outputs") -> Path | None:
-    """The newest run folder that has a manifest, or None."""
-    runs = sorted(p for p in Path(outputs_dir).glob("*/") if (p / MANIFEST_FILE).exists())
+def latest_run(outputs_dir: str | Path = "outputs", stem: str | None = None) -> Path | None:
+    """The newest run folder that has a manifest (of params named `stem`, if given), or None."""
+    pattern = "*/" if stem is None else f"*-*-{stem}*/"
+    runs = sorted(p for p in Path(outputs_dir).glob(pattern) if (p / MANIFEST_FILE).exists())
     return runs[-1] if runs else None
 
 
