@@ -7,8 +7,8 @@ the run folder, the lab process and the servers. So running 01, 02 and 03 one af
 or restarting the kernel all attach to the same servers. They stop on `close()` (or `servelab lab stop`), or
 when the lab has been idle for `idle_timeout_s`: nothing attached, swept or written in that time.
 
-Under `servelab run` the notebooks get the run folder of the batch, whose servers that process owns, and
-attach to them; they never start a lab of their own there.
+Given a run folder (as under `servelab run`, whose process owns the batch's servers), a notebook only attaches
+to that run's servers: it never starts any there, so nothing outlives the batch.
 
 Every notebook reads the run's params from its run folder (`manifest.read_params`), never the YAML again.
 """
@@ -143,30 +143,33 @@ def experiment(
 ) -> Lab:
     """The experiment a notebook works on: its params, run folder and running servers.
 
-    With `run_dir` (as `servelab run` passes it), attach to the servers of that run. Without, attach to the live
-    lab of `params_path`, or start one: a new run folder and its servers, which stay up across kernels until
-    `close()`, `servelab lab stop`, or `idle_timeout_s` without use.
+    With `run_dir` (as `servelab run` passes it), attach to the servers of that run, never starting any. Without,
+    attach to the live lab of `params_path`, or start one: a new run folder and its servers, which stay up across
+    kernels until `close()`, `servelab lab stop`, or `idle_timeout_s` without use.
     """
     if run_dir:
         attached = _attach(Path(run_dir))
-        if attached is not None:
-            return attached
+        if attached is None:
+            raise LabError(
+                f"no live servers for the run {run_dir}: the lab or `servelab run` that owned them has stopped. Leave "
+                f"run_dir empty to start a lab, continue a batch with `servelab run PARAMS --resume RUN_ID`, or "
+                f"analyse the run with 03_gpu_memory and 04_report"
+            )
+        return attached
     path = state_path(params_path, outputs_dir)
     with _locked(path):
         state = read_state(path)
         if state is not None and not _is_lab_process(state.pid):
             path.unlink(missing_ok=True)  # its process is gone, and its servers died with it
             state = None
-        if state is not None and (not run_dir or Path(state.run_dir) == Path(run_dir).resolve()):
+        if state is not None:
             attached = _wait_ready(path, state)
             if attached is not None and _healthy(attached):
                 _note_changed_params(params_path, attached)
                 return attached
             log.warning("the lab of %s has a server that does not answer; stopping it and starting again", params_path)
             _stop(path)
-        elif state is not None:
-            _stop(path)  # the lab of another run of this params file: one lab per params file
-        folder = Path(run_dir) if run_dir else create_run(load_params(params_path), params_path, None, outputs_dir)
+        folder = create_run(load_params(params_path), params_path, None, outputs_dir)
         state = _start(path, params_path, folder, idle_timeout_s)
         attached = _wait_ready(path, state)
         if attached is None:
@@ -315,9 +318,10 @@ def serve(state_file: Path, run_dir: Path, idle_timeout_s: float) -> int:
     """The lab process: deploy the run's servers and its memory sampler, keep them up until SIGTERM or idle."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     params = read_params(run_dir)
-    state = read_state(state_file) or LabState(str(run_dir), str(run_dir), os.getpid(), idle_timeout_s, "")
+    state = LabState(str(run_dir), str(run_dir), os.getpid(), idle_timeout_s, "")
     try:
         with stop_on_signals(), own_servers(params, run_dir) as live:
+            state = read_state(state_file) or state  # as the opener wrote it, while the servers started
             state.ready = True
             state.servers = [{"name": s.name, "pid": s.pid, "port": s.port, "base_url": s.base_url} for s in live.servers]
             _write_state(state_file, state)
@@ -334,7 +338,9 @@ def serve(state_file: Path, run_dir: Path, idle_timeout_s: float) -> int:
         state.error = f"the lab could not start its servers: {error}"
         _write_state(state_file, state)
         return 2
-    _forget(state_file)
+    finally:
+        if not state.error:
+            _forget(state_file)
     return 0
 
 

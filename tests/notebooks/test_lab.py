@@ -110,7 +110,7 @@ def test_a_lab_stops_its_servers_once_idle_and_servelab_lab_stop_closes_another(
 
     params, outputs = str(write_params(tmp_path, "idle")), str(tmp_path / "outputs")
     idle = lab.experiment(params, "", outputs, idle_timeout_s=2.0)
-    pids = [server.pid for server in idle.servers]
+    pids = [server.pid for server in idle.servers] + [lab.read_state(lab.state_path(params, outputs)).pid]
     assert gone(pids), "the idle lab kept its servers"
     assert lab.read_state(lab.state_path(params, outputs)) is None
     busy = lab.experiment(params, "", outputs)
