@@ -201,7 +201,7 @@ def _start(path: Path, params_path: str, run_dir: Path, idle_timeout_s: float) -
     logs.mkdir(parents=True, exist_ok=True)
     with (logs / LOG_FILE).open("ab") as log_file:
         process = subprocess.Popen(  # noqa: S603 - our own module, arguments we made
-            [sys.executable, "-m", "servelab.lab", str(path), str(run_dir.resolve()), str(idle_timeout_s)],
+            [sys.executable, "-m", "servelab.lab", str(path.resolve()), str(run_dir.resolve()), str(idle_timeout_s)],
             stdin=subprocess.DEVNULL,
             stdout=log_file,
             stderr=subprocess.STDOUT,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,16 +16,13 @@ import httpx
 import nbformat
 import psutil
 import pytest
-import yaml
-from fixtures_run import TINY
+from fixtures_run import copy_notebooks_with_one_point_demo
 from jupyter_client.manager import start_new_kernel
 from servelab import lab
 from servelab.run import kernel_name
 from servelab.serve.deploy import free_port
 
 REPO = Path(__file__).resolve().parents[2]
-ONE_POINT = {**TINY, "name": "demo", "sweep": {**TINY["sweep"], "languages": ["en"], "load": [{"kind": "concurrency", "values": [2]}]}}
-"""The demo's name with the smallest sweep: the notebooks' defaults point at params/demo.yaml."""
 
 
 def servers_of(folder: Path) -> list[int]:
@@ -55,9 +51,7 @@ def gone(pids: list[int], within_s: float = 120.0) -> bool:
 @pytest.fixture
 def lab_copy(tmp_path: Path) -> Path:
     """notebooks/ and params/ side by side in tmp, the demo params made one point long."""
-    shutil.copytree(REPO / "notebooks", tmp_path / "notebooks")
-    (tmp_path / "params").mkdir()
-    (tmp_path / "params" / "demo.yaml").write_text(yaml.safe_dump(ONE_POINT, sort_keys=False))
+    copy_notebooks_with_one_point_demo(tmp_path)
     return tmp_path
 
 

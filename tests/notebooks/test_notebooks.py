@@ -108,8 +108,9 @@ NEEDS_A_RUN = {"03_gpu_memory": "01_deploy", "04_report": "02_sweep"}
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_each_notebook_runs_alone_with_its_default_parameters(name, tmp_path):
     # A copy of notebooks/ and params/ side by side, so the defaults' relative paths hold and outputs stay in tmp.
-    shutil.copytree(REPO / "notebooks", tmp_path / "notebooks")
-    shutil.copytree(REPO / "params", tmp_path / "params")
+    from fixtures_run import copy_notebooks_with_one_point_demo
+
+    copy_notebooks_with_one_point_demo(tmp_path)
     try:
         for notebook in (NEEDS_A_RUN.get(name), name):
             if notebook is not None:
