@@ -239,15 +239,18 @@ def _wait_ready(path: Path, state: LabState) -> Lab | None:
 
 
 def _healthy(current: Lab) -> bool:
+    """Every server alive and answering its engine's health check; one merely slow to answer (busy) counts."""
     deployments = {d.name: d for d in current.params.deployments}
     for server in current.servers:
-        if not server.alive():
+        if not server.alive() or server.name not in deployments:
             return False
+        adapter = adapter_for(deployments[server.name])
         try:
-            adapter = adapter_for(deployments[server.name])
             if not adapter.is_healthy(httpx.get(server.base_url + adapter.health_path, timeout=HEALTH_TIMEOUT_S)):
                 return False
-        except (httpx.HTTPError, KeyError):
+        except httpx.TimeoutException:
+            log.info("%s is slow to answer %s; attaching to it anyway", server.name, adapter.health_path)
+        except httpx.HTTPError:
             return False
     return True
 
