@@ -13,7 +13,7 @@ test: install engine browser compose-checker
 	$(PYTHON) -m pytest
 
 lab: install engine
-	$(VENV)/bin/jupyter lab notebooks/
+	@VENV=$(VENV) bash scripts/lab.sh
 
 install: $(STAMP)
 

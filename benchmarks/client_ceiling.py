@@ -134,7 +134,7 @@ def run_servelab(
             async with make_client(streams, transport=transport) as client:  # type: ignore[arg-type]
                 start = time.process_time()
                 await run_point(
-                    client, target, prompts, "concurrency", streams, sweep, "bench", records.append
+                    client, target, prompts, sweep.load[0], streams, sweep, "bench", records.append
                 )
                 return time.process_time() - start
         finally:

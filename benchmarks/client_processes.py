@@ -109,7 +109,7 @@ def run_level(url: str, processes: int, streams: int, requests: int, tokens: int
     records: list[RequestRecord] = []
     wall = time.perf_counter()
     run_sync(run_point_in_processes(
-        processes, target, PROMPTS, "concurrency", streams, sweep, f"processes-{processes}", records.append,
+        processes, target, PROMPTS, sweep.load[0], streams, sweep, f"processes-{processes}", records.append,
         work / PARTS_DIR, cpus=cpus,
     ))  # fmt: skip
     return records, time.perf_counter() - wall

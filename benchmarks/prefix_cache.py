@@ -20,8 +20,9 @@ from pathlib import Path
 
 import numpy as np
 from servelab.analyse.metrics import ttft_ms
+from servelab.measure.clients import Target
 from servelab.measure.load import make_client, run_point
-from servelab.measure.sweep import prompt_tokenizer, target_for
+from servelab.measure.sweep import prompt_tokenizer
 from servelab.measure.workloads import build_workload
 from servelab.params import parse_params
 from servelab.records import RequestRecord
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as folder, deploy(shared, Path(folder)) as fleet:  # type: ignore[arg-type]
         server = fleet["smollm2"]
         tokenizer = prompt_tokenizer(server)
-        target = target_for(server)
+        target = Target.for_server(server)
         for round_index in range(args.rounds):
             for name, params in (("shared_prefix", shared), ("synthetic", unique)):
                 sweep = params.sweep  # type: ignore[attr-defined]
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
 
                 async def point(prompts=prompts, sweep=sweep, name=name, point_id=f"{name}-{round_index}") -> None:
                     async with make_client(1) as client:
-                        await run_point(client, target, prompts, "concurrency", 1, sweep, point_id, records[name].append)
+                        await run_point(client, target, prompts, sweep.load[0], 1, sweep, point_id, records[name].append)
 
                 asyncio.run(point())
                 print(f"round {round_index + 1}/{args.rounds}: {name} done", file=sys.stderr, flush=True)

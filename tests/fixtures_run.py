@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import yaml
+
+REPO = Path(__file__).resolve().parents[1]
 
 TINY = {
     "name": "tiny",
@@ -34,3 +37,17 @@ def write_params(folder: Path, name: str = "tiny", **sweep_overrides: object) ->
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
+
+
+ONE_POINT_DEMO = {**TINY, "name": "demo", "sweep": {**TINY["sweep"], "languages": ["en"], "load": [{"kind": "concurrency", "values": [2]}]}}
+"""The notebooks' default params file, params/demo.yaml, cut to one load point: the notebooks run with their
+default parameters in minutes even on a busy 2-core machine (the full demo runs in `make demo` and the batch test)."""
+
+
+def copy_notebooks_with_one_point_demo(folder: Path) -> Path:
+    """notebooks/ and params/demo.yaml side by side in `folder`, so the defaults' relative paths hold; returns
+    the notebooks' folder."""
+    shutil.copytree(REPO / "notebooks", folder / "notebooks")
+    (folder / "params").mkdir()
+    (folder / "params" / "demo.yaml").write_text(yaml.safe_dump(ONE_POINT_DEMO, sort_keys=False))
+    return folder / "notebooks"

@@ -70,6 +70,17 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _lab(args: argparse.Namespace) -> int:
+    from servelab import lab
+
+    if args.action == "stop":
+        stopped = lab.close(args.params, args.outputs)
+        print(f"lab of {args.params}: {'stopped' if stopped else 'was not running'}")
+    else:
+        print(lab.status(args.params, args.outputs).to_string(index=False))
+    return 0
+
+
 def _validate(args: argparse.Namespace) -> int:
     from servelab.params import load_params
 
@@ -213,6 +224,12 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run_dir", help="outputs/<run-id>, e.g. a run brought back from a GPU machine")
     report.add_argument("--outputs", default="outputs")
     report.set_defaults(handler=_report)
+
+    lab = commands.add_parser("lab", help="the live lab the notebooks share: show it, or stop its servers")
+    lab.add_argument("action", choices=("status", "stop"))
+    lab.add_argument("params", help="the params file the lab runs, e.g. params/demo.yaml")
+    lab.add_argument("--outputs", default="outputs", help="where its run folders go (default: outputs)")
+    lab.set_defaults(handler=_lab)
 
     validate = commands.add_parser("validate", help="check params files against the schema")
     validate.add_argument("params", nargs="+")

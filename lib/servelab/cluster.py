@@ -24,10 +24,11 @@ from typing import Any
 
 import pandas as pd
 
+from servelab.analyse.summary import slo_of, write_summary
 from servelab.clock import now_ns, wall_anchor
 from servelab.errors import ServelabError
 from servelab.manifest import read_manifest, update_manifest
-from servelab.measure.sweep import FINISHED, plan_points, write_summary
+from servelab.measure.sweep import FINISHED, plan_points
 from servelab.params import Params, load_params, parse_params
 from servelab.records import (
     GPU_FILE,
@@ -300,7 +301,7 @@ def join_groups(params: Params, run_dir: Path) -> None:
         if frames:
             pd.concat(frames, ignore_index=True).sort_values("t_ns", kind="stable").to_csv(run_dir / name, index=False)
     update_manifest(run_dir, engines=engines, cluster={**manifest["cluster"], "groups": states})
-    write_summary(run_dir)
+    write_summary(run_dir, slo=slo_of(params))
 
 
 def _connect(address: str) -> Any:

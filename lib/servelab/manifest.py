@@ -64,36 +64,8 @@ def host_info() -> dict[str, Any]:
     }
 
 
-def gpu_info() -> dict[str, Any] | str:
-    """GPU names, UUIDs, memory and driver from NVML, or the string 'none'."""
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-    except Exception:  # noqa: BLE001 - no driver, no library, no device: all mean "none"
-        return "none"
-    try:
-        devices = []
-        for index in range(pynvml.nvmlDeviceGetCount()):
-            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-            devices.append(
-                {
-                    "index": index,
-                    "name": _text(pynvml.nvmlDeviceGetName(handle)),
-                    "uuid": _text(pynvml.nvmlDeviceGetUUID(handle)),
-                    "memory_total_mib": pynvml.nvmlDeviceGetMemoryInfo(handle).total / 2**20,
-                }
-            )
-        return {"driver": _text(pynvml.nvmlSystemGetDriverVersion()), "devices": devices}
-    finally:
-        pynvml.nvmlShutdown()
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def build_manifest(params: Params, params_path: str, run_id: str, repo: Path) -> dict[str, Any]:
+def build_manifest(params: Params, params_path: str, run_id: str, repo: Path, gpu: dict[str, Any] | str) -> dict[str, Any]:
+    """The manifest of a new run; `gpu` is what `servelab.observe.gpu_inventory` read (the manifest reads no GPU)."""
     return {
         "schema_version": SCHEMA_VERSION,
         "run_id": run_id,
@@ -102,7 +74,7 @@ def build_manifest(params: Params, params_path: str, run_id: str, repo: Path) ->
         "git": git_revision(repo),
         "packages": package_versions(),
         "host": host_info(),
-        "gpu": gpu_info(),
+        "gpu": gpu,
         "clock": {"name": "CLOCK_MONOTONIC", "unit": "ns", "anchor": wall_anchor()},
         "engines": {},
         "calibration": None,
@@ -125,6 +97,14 @@ def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
 
 def read_manifest(run_dir: Path) -> dict[str, Any]:
     return json.loads((run_dir / MANIFEST_FILE).read_text(encoding="utf-8"))
+
+
+def read_params(run_dir: Path) -> Params:
+    """The run's params as they were resolved and validated when the run began (the manifest's copy, redacted).
+
+    Every notebook kernel, the report and `servelab report` read these, never the YAML file again: the file may
+    have changed since, or may be on another machine."""
+    return Params.model_validate(read_manifest(run_dir)["params"])
 
 
 def update_manifest(run_dir: Path, **sections: Any) -> dict[str, Any]:

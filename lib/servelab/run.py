@@ -17,7 +17,7 @@ from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 from tqdm.auto import tqdm
 
 from servelab.errors import OutputsError, ServelabError
-from servelab.manifest import read_manifest
+from servelab.manifest import read_manifest, read_params
 from servelab.measure.load import ensure_file_descriptors
 from servelab.measure.sweep import connections_needed, estimate_seconds, plan_points
 from servelab.params import Params, load_params
@@ -151,11 +151,12 @@ def run(
         run_dir = Path(resume) if Path(resume).is_dir() else outputs / resume
         if not run_dir.is_dir():
             raise ServelabError(f"--resume {resume}: no run folder {run_dir}; `ls {outputs}` lists the runs")
-    params = load_params(params_path)
+    params = read_params(run_dir) if run_dir is not None and (run_dir / MANIFEST_FILE).is_file() else load_params(params_path)
     ensure_file_descriptors(connections_needed(params))  # before the run folder exists: nothing half-made
     run_dir = create_run(params, params_path, run_dir, outputs)
     if not (run_dir / "params.yaml").exists():
         shutil.copy2(params_path, run_dir / "params.yaml")
+        redact_file(run_dir / "params.yaml")
     log.info("run folder: %s", run_dir)
     with stop_on_signals(), lab(params, run_dir), PointProgress(params, run_dir):
         for name in notebooks:
@@ -170,7 +171,8 @@ def search(params_path: str | Path, outputs_dir: str | Path = "outputs") -> Path
     """`servelab search`: deploy the params' servers, search each for the highest load meeting `slo` (see
     servelab.checks.search), and return the run folder (summary.csv with goodput per step, search.json)."""
     from servelab.checks.search import run_search
-    from servelab.measure.sweep import prompt_tokenizers, target_for
+    from servelab.measure.clients import Target
+    from servelab.measure.sweep import prompt_tokenizers
 
     outputs = Path(outputs_dir)
     params = load_params(params_path)
@@ -179,7 +181,7 @@ def search(params_path: str | Path, outputs_dir: str | Path = "outputs") -> Path
     run_dir = create_run(params, params_path, None, outputs)
     shutil.copy2(params_path, run_dir / "params.yaml")
     with stop_on_signals(), lab(params, run_dir) as session, prompt_tokenizers(session.fleet) as tokenizers:
-        run_search(params, run_dir, {server.name: target_for(server) for server in session.fleet}, tokenizers)
+        run_search(params, run_dir, {server.name: Target.for_server(server) for server in session.fleet}, tokenizers)
     write_index(outputs)
     return run_dir
 

@@ -17,6 +17,7 @@ from typing import Any
 from servelab.checks.calibrate import record_calibration
 from servelab.errors import OutputsError
 from servelab.manifest import build_manifest, read_manifest, update_manifest, write_manifest
+from servelab.observe import gpu_inventory
 from servelab.params import Params, load_params, params_stem
 from servelab.records import MANIFEST_FILE
 from servelab.serve import deploy as deployment_module
@@ -52,16 +53,17 @@ def create_run(
     try:
         path.mkdir(parents=True, exist_ok=True)
         if not (path / MANIFEST_FILE).exists():
-            write_manifest(path, build_manifest(params, str(params_path), path.name, REPO))
+            write_manifest(path, build_manifest(params, str(params_path), path.name, REPO, gpu_inventory()))
             record_calibration(path)  # this host's last `servelab calibrate`, if there is one
     except OSError as error:
         raise OutputsError(f"cannot create the run folder {path}: {error.strerror}; check the disk and permissions") from None
     return path
 
 
-def latest_run(outputs_dir: str | Path = "outputs") -> Path | None:
-    """The newest run folder that has a manifest, or None."""
-    runs = sorted(p for p in Path(outputs_dir).glob("*/") if (p / MANIFEST_FILE).exists())
+def latest_run(outputs_dir: str | Path = "outputs", stem: str | None = None) -> Path | None:
+    """The newest run folder that has a manifest (of params named `stem`, if given), or None."""
+    pattern = "*/" if stem is None else f"*-*-{stem}*/"
+    runs = sorted(p for p in Path(outputs_dir).glob(pattern) if (p / MANIFEST_FILE).exists())
     return runs[-1] if runs else None
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pandas as pd
+from servelab.analyse.summary import slo_of, write_summary
 from servelab.checks.calibrate import running_emitter
 from servelab.clock import now_ns
 from servelab.measure.sweep import run_sweep
@@ -41,9 +42,11 @@ def test_a_sweep_with_slos_writes_goodput_per_point_and_its_workload_to_the_mani
     strict = params.model_copy(update={"slo": params.slo.model_copy(update={"itl_ms": 1.0})})
     (tmp_path / MANIFEST_FILE).write_text(json.dumps({"params": {}}))
     with running_emitter(20.0, 5.0) as emitter:
-        loose = run_sweep(params, tmp_path, _fleet(emitter, tmp_path), progress=False)
+        run_sweep(params, tmp_path, _fleet(emitter, tmp_path), progress=False)
+        loose = write_summary(tmp_path, slo=slo_of(params))
         (tmp_path / "strict").mkdir()
-        tight = run_sweep(strict, tmp_path / "strict", _fleet(emitter, tmp_path / "strict"), progress=False)
+        run_sweep(strict, tmp_path / "strict", _fleet(emitter, tmp_path / "strict"), progress=False)
+        tight = write_summary(tmp_path / "strict", slo=slo_of(strict))
     manifest = json.loads((tmp_path / MANIFEST_FILE).read_text())
     assert manifest["workload"].startswith("shared prefix: a 16-token system prompt")
     for summary, expected in ((loose, "all"), (tight, "none")):

@@ -16,6 +16,7 @@ import psutil
 import pytest
 from conftest import embedded_params
 from servelab.errors import DeployError, EngineError
+from servelab.measure.clients import Target
 from servelab.serve.deploy import attach, deploy, port_is_free
 
 REPO = Path(__file__).resolve().parents[2]
@@ -118,3 +119,13 @@ def test_an_engine_slower_than_its_startup_timeout_is_stopped_and_reported(tmp_p
     time.sleep(0.5)
     after = {p.pid for p in psutil.process_iter() if "llama-server" in p.name()}
     assert after <= before
+
+
+def test_the_target_of_a_running_server_names_the_model_as_the_adapter_serves_it(embedded_server):
+    target = Target.for_server(embedded_server)
+    assert (target.deployment, target.framework, target.model) == ("smollm2", "llamacpp", "smollm2")
+    assert (target.served_model, target.api_flavour, target.base_url) == (
+        "smollm2",
+        "openai",
+        embedded_server.base_url,
+    )

@@ -122,7 +122,7 @@ def test_output_tok_s_agrees_with_the_engines_own_counter(target, embedded_serve
             before = engine_metrics.snapshot(embedded_server.base_url)
             start_ns = now_ns()
             outcome = await run_point(
-                client, target, prompts, "concurrency", 2, sweep, "it/agreement", records.append
+                client, target, prompts, sweep.load[0], 2, sweep, "it/agreement", records.append
             )
             return before, start_ns, outcome, engine_metrics.snapshot(embedded_server.base_url)
 
@@ -175,7 +175,7 @@ def test_an_open_loop_point_runs_on_its_schedule_against_the_engine(target):
     async def go():
         async with make_client(8) as client:
             prompts = build_prompts(sweep, "es", count=7, seed=3)
-            return await run_point(client, target, prompts, "poisson", 4.0, sweep, "it/open", records.append)
+            return await run_point(client, target, prompts, sweep.load[0], 4.0, sweep, "it/open", records.append)
 
     outcome = asyncio.run(go())
     measured = [r for r in records if not r.warmup]

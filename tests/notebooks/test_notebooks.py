@@ -1,8 +1,9 @@
-"""The four notebooks: committed clean, parameterised, and executed for real through papermill."""
+"""The notebooks: committed clean, parameterised, thin, and executed for real through papermill."""
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -10,13 +11,22 @@ import nbformat
 import pandas as pd
 import papermill
 import pytest
+from servelab import lab
+from servelab.manifest import read_params
 from servelab.records import read_jsonl
 from servelab.run import NOTEBOOKS, kernel_name
 
 REPO = Path(__file__).resolve().parents[2]
+ALL_NOTEBOOKS = sorted(path.stem for path in (REPO / "notebooks").glob("*.ipynb"))
+LAB_NOTEBOOKS = ("00_start_here", "01_deploy", "02_sweep", "03_gpu_memory")
+"""The notebooks a researcher runs by hand; they import servelab through one surface, `servelab.lab`."""
 
 
-@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_the_landing_notebook_and_the_batch_notebooks_are_all_there():
+    assert ALL_NOTEBOOKS == ["00_start_here", *NOTEBOOKS]
+
+
+@pytest.mark.parametrize("name", ALL_NOTEBOOKS)
 def test_notebook_is_committed_without_outputs_and_has_one_tagged_parameters_cell(name):
     book = nbformat.read(REPO / "notebooks" / f"{name}.ipynb", as_version=4)
     code = [cell for cell in book.cells if cell.cell_type == "code"]
@@ -26,12 +36,25 @@ def test_notebook_is_committed_without_outputs_and_has_one_tagged_parameters_cel
     assert book.cells[0].cell_type == "markdown" and book.cells[0].source.startswith("# ")
 
 
-@pytest.mark.parametrize("name", NOTEBOOKS)
+@pytest.mark.parametrize("name", ALL_NOTEBOOKS)
 def test_notebooks_define_no_functions_beyond_a_line_or_two(name):
     book = nbformat.read(REPO / "notebooks" / f"{name}.ipynb", as_version=4)
     for cell in book.cells:
         if cell.cell_type == "code":
-            assert "def " not in cell.source and "class " not in cell.source
+            assert "def " not in cell.source and "class " not in cell.source and "lambda" not in cell.source
+
+
+@pytest.mark.parametrize("name", LAB_NOTEBOOKS)
+def test_the_lab_notebooks_import_servelab_through_one_surface(name):
+    book = nbformat.read(REPO / "notebooks" / f"{name}.ipynb", as_version=4)
+    imports = [
+        line.strip()
+        for cell in book.cells
+        if cell.cell_type == "code"
+        for line in cell.source.splitlines()
+        if re.match(r"\s*(import|from)\s", line)
+    ]
+    assert imports == ["import servelab.lab as lab"]
 
 
 def test_batch_run_executes_all_four_notebooks_and_writes_the_results_layout(batch_run):
@@ -78,22 +101,49 @@ def test_report_says_memory_is_host_rss_not_gpu_on_the_cpu_machine(batch_run):
     assert "def " not in html
 
 
+NEEDS_A_RUN = {"03_gpu_memory": "01_deploy", "04_report": "02_sweep"}
+"""Notebooks that start nothing analyse a run some other notebook made."""
+
+
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_each_notebook_runs_alone_with_its_default_parameters(name, tmp_path):
     # A copy of notebooks/ and params/ side by side, so the defaults' relative paths hold and outputs stay in tmp.
-    shutil.copytree(REPO / "notebooks", tmp_path / "notebooks")
-    shutil.copytree(REPO / "params", tmp_path / "params")
-    if name == "04_report":
-        papermill.execute_notebook(
-            str(tmp_path / "notebooks" / "02_sweep.ipynb"), str(tmp_path / "sweep.ipynb"),
-            kernel_name=kernel_name(), cwd=str(tmp_path / "notebooks"), progress_bar=False,
-        )
-    papermill.execute_notebook(
-        str(tmp_path / "notebooks" / f"{name}.ipynb"), str(tmp_path / f"{name}.out.ipynb"),
-        kernel_name=kernel_name(), cwd=str(tmp_path / "notebooks"), progress_bar=False,
-    )
-    runs = [p for p in (tmp_path / "outputs").iterdir() if p.is_dir()]
-    assert runs, "the notebook created no run folder"
+    from fixtures_run import copy_notebooks_with_one_point_demo
+
+    copy_notebooks_with_one_point_demo(tmp_path)
+    try:
+        for notebook in (NEEDS_A_RUN.get(name), name):
+            if notebook is not None:
+                papermill.execute_notebook(
+                    str(tmp_path / "notebooks" / f"{notebook}.ipynb"), str(tmp_path / f"{notebook}.out.ipynb"),
+                    kernel_name=kernel_name(), cwd=str(tmp_path / "notebooks"), progress_bar=False,
+                )
+    finally:
+        lab.close(str(tmp_path / "params" / "demo.yaml"), str(tmp_path / "outputs"))
+    runs = [p for p in (tmp_path / "outputs").iterdir() if p.is_dir() and not p.name.startswith(".")]
+    assert len(runs) == 1, runs
+
+
+def test_a_batch_run_reads_its_params_once_and_the_notebooks_use_the_run_folders_copy(tmp_path, monkeypatch):
+    """Once the run folder is made, the params file is spoiled: every notebook still runs, on the params the run
+    resolved (kept in its manifest), so none of them read the YAML again."""
+    import servelab.run as batch
+    from fixtures_run import write_params
+
+    params_path = write_params(tmp_path)
+    original = batch.create_run
+
+    def create_then_spoil(*args, **kwargs):
+        run_dir = original(*args, **kwargs)
+        params_path.write_text("name: [this is not the params the run began with\n")
+        return run_dir
+
+    monkeypatch.setattr(batch, "create_run", create_then_spoil)
+    result = batch.run(params_path, outputs_dir=tmp_path / "outputs")
+    measured = [r for r in read_jsonl(result.run_dir / "requests.jsonl") if not r["warmup"]]
+    assert len(measured) == 2 * 2 * 4
+    assert read_params(result.run_dir).name == "tiny"
+    assert result.report.stat().st_size > 0
 
 
 def test_servelab_report_analyses_a_recorded_run_again_without_starting_anything(batch_run, tmp_path, capsys):

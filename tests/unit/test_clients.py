@@ -16,7 +16,6 @@ import pytest
 from servelab.measure.clients import Target, make_client, request_body, send
 from servelab.measure.prompts import Prompt
 from servelab.measure.tokens import JsonTokenizer
-from servelab.params import Deployment, LlamaCppEngine
 from servelab.records import ERROR_CLASSES, RequestRecord
 
 RECORDED = Path(__file__).parents[1] / "data" / "recorded"
@@ -465,17 +464,6 @@ def test_cancelling_a_request_records_it_and_lets_the_cancellation_through(repla
 def test_make_client_refuses_an_empty_pool():
     with pytest.raises(ValueError, match="max_connections"):
         make_client(0)
-
-
-def test_target_for_a_deployment_names_the_model_as_the_adapter_serves_it():
-    deployment = Deployment(name="small", model="smollm2", engine=LlamaCppEngine())
-    target = Target.for_deployment(deployment, "http://127.0.0.1:8080/")
-    assert (target.deployment, target.framework, target.model) == ("small", "llamacpp", "smollm2")
-    assert (target.served_model, target.api_flavour, target.base_url) == (
-        "small",
-        "openai",
-        "http://127.0.0.1:8080",
-    )
 
 
 def test_many_concurrent_streams_share_one_pool(replay_server):

@@ -22,14 +22,14 @@ from servelab.measure.clients import Target
 from servelab.measure.load import (
     LAG_LIMIT_MS,
     arrival_offsets_ns,
-    load_params_for,
     make_client,
     run_point,
     schedule_lag_limit_ms,
     sleep_until,
 )
 from servelab.measure.prompts import Prompt
-from servelab.params import ConcurrencyLoad, RateLoad, Sweep
+from servelab.measure.sweep import plan_points
+from servelab.params import ConcurrencyLoad, RateLoad, Sweep, parse_params
 from servelab.records import RequestRecord
 
 PROMPTS = [Prompt(f"prompt {i}", "en", 2) for i in range(8)]
@@ -124,16 +124,22 @@ def test_sleep_until_never_wakes_early():
     assert max(asyncio.run(go())) <= 0
 
 
-def test_load_params_come_from_the_sweep_entry_holding_the_value():
-    sweep = Sweep(
-        load=(
-            RateLoad(kind="gamma", values=(2.0, 4.0), burstiness=0.5, max_concurrency=3),
-            ConcurrencyLoad(values=(1, 8), ramp_up_s=2.0),
-        )
+def test_each_load_point_carries_the_sweep_entry_holding_its_value():
+    gamma = RateLoad(kind="gamma", values=(2.0, 4.0), burstiness=0.5, max_concurrency=3)
+    closed = ConcurrencyLoad(values=(1, 8), ramp_up_s=2.0)
+    poisson = RateLoad(kind="poisson", values=(9.0,))
+    params = parse_params(
+        {
+            "name": "grid",
+            "deployments": [{"name": "a", "model": "smollm2", "engine": {"kind": "llamacpp"}}],
+            "sweep": {"load": [e.model_dump() for e in (gamma, closed, poisson)]},
+        }
     )
-    assert load_params_for(sweep, "gamma", 4.0).burstiness == 0.5
-    assert load_params_for(sweep, "concurrency", 8).ramp_up_s == 2.0
-    assert load_params_for(sweep, "poisson", 9.0).kind == "poisson"
+    points = {(p.load_kind, p.load_value): p for p in plan_points(params)}
+    assert points["gamma", 4.0].load.burstiness == 0.5
+    assert points["concurrency", 8].load.ramp_up_s == 2.0
+    assert points["poisson", 9.0].load.kind == "poisson"
+    assert points["gamma", 2.0].max_concurrency == 3 and points["concurrency", 8].max_concurrency == 8
 
 
 # ------------------------------------------------------------------------------------------ a real server
@@ -190,13 +196,20 @@ def _sweep(load, **kwargs) -> Sweep:
     return Sweep(load=(load,), **{**settings, **kwargs})
 
 
+def _entry(sweep: Sweep, kind: str):
+    """The sweep's one load entry, which the test names by kind."""
+    (load,) = sweep.load
+    assert load.kind == kind
+    return load
+
+
 def _run(target: Target, kind: str, value: float, sweep: Sweep, point_id: str = "pt", **kwargs):
     records: list[RequestRecord] = []
 
     async def go():
         async with make_client(16) as client:
             return await run_point(
-                client, target, PROMPTS, kind, value, sweep, point_id, records.append, **kwargs
+                client, target, PROMPTS, _entry(sweep, kind), value, sweep, point_id, records.append, **kwargs
             )
 
     return asyncio.run(go()), records
@@ -302,7 +315,7 @@ def test_a_failing_on_record_stops_the_point_with_its_error(streamer):
                 client,
                 _target(streamer, "parallel/2/5"),
                 PROMPTS,
-                "poisson",
+                RateLoad(kind="poisson", values=(50.0,)),
                 50.0,
                 _sweep(RateLoad(kind="poisson", values=(50.0,)), warmup_requests=0),
                 "pt",
@@ -316,7 +329,7 @@ def test_a_failing_on_record_stops_the_point_with_its_error(streamer):
 def test_a_point_needs_prompts():
     with pytest.raises(ValueError, match="no prompts"):
         asyncio.run(
-            run_point(None, None, [], "concurrency", 1, _sweep(ConcurrencyLoad(values=(1,))), "pt", print)
+            run_point(None, None, [], ConcurrencyLoad(values=(1,)), 1, _sweep(ConcurrencyLoad(values=(1,))), "pt", print)
         )  # type: ignore[arg-type]
 
 

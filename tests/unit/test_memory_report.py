@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from servelab.analyse import frames as tables
 from servelab.analyse import memory_tables as memory_report
-from servelab.notebook import recorded
+from servelab.manifest import read_params
 from servelab.report import tables as report_tables
 
 RUN = Path(__file__).parents[1] / "data" / "recorded" / "h200-sglang-run"
@@ -29,7 +29,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_the_planner_is_set_against_the_idle_footprint_of_the_phases_table_and_against_the_peak(run_dir: Path) -> None:
     samples, points = tables.memory_frame(run_dir), tables.points_frame(run_dir)
-    comparison = memory_report.planner_comparison(recorded(str(run_dir)).params, samples, points).set_index("deployment")
+    comparison = memory_report.planner_comparison(read_params(run_dir), samples, points).set_index("deployment")
     phases = memory_report.phases(samples, points)
     row = comparison.loc["tinyllama-sglang"]
     # One idle footprint in the notebook: the planner's 'measured' is the phases table's idle, outside load points.

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import re
+from importlib import resources
 
 import pytest
 from servelab.errors import ParamsError
 from servelab.measure.prompts import (
     CHARS_PER_TOKEN,
-    SHIPPED_LANGUAGES,
     build_prompts,
     compose_prompts,
     load_sharegpt,
@@ -38,7 +38,7 @@ def characters(text: str) -> int:
     return len(text)
 
 
-@pytest.mark.parametrize("language", SHIPPED_LANGUAGES)
+@pytest.mark.parametrize("language", LANGUAGES)
 def test_every_shipped_language_has_many_distinct_passages_in_its_own_script(language):
     found = passages(language)
     assert len(found) >= 12
@@ -52,7 +52,8 @@ def test_every_shipped_language_has_many_distinct_passages_in_its_own_script(lan
 
 
 def test_every_params_language_is_shipped_and_has_a_ratio():
-    assert set(LANGUAGES) == set(SHIPPED_LANGUAGES)
+    shipped = {path.stem for path in resources.files("servelab").joinpath("data/prompts").iterdir()}
+    assert set(LANGUAGES) == shipped
     assert set(LANGUAGES) | {"random"} <= set(CHARS_PER_TOKEN)
 
 
@@ -61,7 +62,7 @@ def test_an_unknown_language_is_a_params_error():
         passages("fr")
 
 
-@pytest.mark.parametrize("language", SHIPPED_LANGUAGES)
+@pytest.mark.parametrize("language", LANGUAGES)
 def test_composed_prompts_hit_the_target_exactly_with_a_tokenizer(language):
     counter = words if language in ("en", "es", "ko") else characters
     prompts = compose_prompts(language, 5, 96, seed=3, count_tokens=counter)
@@ -72,7 +73,7 @@ def test_composed_prompts_hit_the_target_exactly_with_a_tokenizer(language):
 
 
 def test_without_a_tokenizer_the_length_follows_the_language_ratio():
-    for language in SHIPPED_LANGUAGES:
+    for language in LANGUAGES:
         prompt = compose_prompts(language, 1, 200, seed=0)[0]
         assert len(prompt.text) == round(200 * CHARS_PER_TOKEN[language])
         assert prompt.token_count is None

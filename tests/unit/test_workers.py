@@ -133,7 +133,7 @@ def test_a_closed_loop_point_over_three_processes_merges_every_record(emitter_ur
     sweep = Sweep(load=(ConcurrencyLoad(values=(6,)),), output_tokens=8, requests_per_point=30, warmup_requests=3)
     records: list = []
     outcome = run_sync(run_point_in_processes(
-        3, target(emitter_url), PROMPTS, "concurrency", 6, sweep, "emitter/en/concurrency-6", records.append,
+        3, target(emitter_url), PROMPTS, sweep.load[0], 6, sweep, "emitter/en/concurrency-6", records.append,
         tmp_path / PARTS_DIR, cpus=[0],
     ))  # fmt: skip
     assert_merged_exactly(records, 33)
@@ -151,7 +151,7 @@ def test_an_open_loop_point_over_two_processes_keeps_the_one_schedule(emitter_ur
     point_id = "emitter/en/poisson-200"
     records: list = []
     outcome = run_sync(run_point_in_processes(
-        2, target(emitter_url), PROMPTS, "poisson", 200.0, sweep, point_id, records.append, tmp_path / PARTS_DIR,
+        2, target(emitter_url), PROMPTS, load, 200.0, sweep, point_id, records.append, tmp_path / PARTS_DIR,
     ))  # fmt: skip
     assert_merged_exactly(records, 42)
     measured = sorted((r for r in records if not r.warmup), key=lambda r: r.request_index)
@@ -193,8 +193,8 @@ def test_an_open_loop_cap_below_the_process_count_uses_fewer_processes_and_holds
     sweep = Sweep(load=(load,), output_tokens=8, requests_per_point=12, warmup_requests=0)
     records: list = []
     outcome = run_sync(run_point_in_processes(
-        3, target(emitter_url), PROMPTS, "constant", 200.0, sweep, "emitter/en/constant-200", records.append,
-        tmp_path / PARTS_DIR, load=load,
+        3, target(emitter_url), PROMPTS, load, 200.0, sweep, "emitter/en/constant-200", records.append,
+        tmp_path / PARTS_DIR,
     ))  # fmt: skip
     assert_merged_exactly(records, 12)
     assert outcome.max_in_flight == 1, "one request in flight at most, as max_concurrency says"

@@ -28,11 +28,12 @@ import pandas as pd
 from servelab.aio import run_sync
 from servelab.analyse import metrics
 from servelab.errors import VllmBenchError
+from servelab.measure.clients import Target
 from servelab.measure.load import make_client, run_point
-from servelab.measure.sweep import prompt_tokenizers, prompts_for, target_for
+from servelab.measure.sweep import prompt_tokenizers, prompts_for
 from servelab.measure.tokens import JsonTokenizer, ServerTokenizer
 from servelab.observe import counters as engine_metrics
-from servelab.params import Sweep
+from servelab.params import ConcurrencyLoad, Sweep
 from servelab.records import JsonlWriter, RequestRecord
 from servelab.serve.deploy import RunningServer, stop_child
 
@@ -257,7 +258,7 @@ def _servelab_load(
 
     async def go() -> None:
         async with make_client(concurrency) as client:
-            await run_point(client, target_for(server), texts, "concurrency", float(concurrency), point_sweep,
+            await run_point(client, Target.for_server(server), texts, ConcurrencyLoad(values=(concurrency,)), concurrency, point_sweep,
                             f"{server.name}/random/agreement-c{concurrency}{label}", keep)
 
     run_sync(go())

@@ -408,7 +408,7 @@ async def _run_level(
     async with make_client(connections) as client:
         cpu, wall = time.process_time(), time.perf_counter()
         outcome = await run_point(
-            client, target, PROMPTS, "concurrency" if mode == "concurrency" else "constant", value, sweep,
+            client, target, PROMPTS, load, value, sweep,
             f"calibrate-{mode}-{value:g}", records.append,
         )  # fmt: skip
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall

@@ -37,7 +37,7 @@ def read_summary(path: Path) -> pd.DataFrame:
         raise ServelabError(
             f"{path} is a servelab run folder without {SUMMARY_FILE}: its sweep did not finish. Finish it with "
             f"`servelab run PARAMS --resume {path.name}`, or recompute the summary from {REQUESTS_FILE} with "
-            f"`servelab.measure.sweep.write_summary(Path('{path}'))`"
+            f"`servelab.analyse.summary.write_summary(Path('{path}'))`"
         )
     results = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in RESULT_SUFFIXES)
     if not results:
@@ -54,7 +54,7 @@ def _servelab_csv(path: Path) -> pd.DataFrame:
     if frame.empty or missing:
         raise ServelabError(
             f"{path} is not a servelab summary (empty, or no {', '.join(missing)} column); "
-            "recompute it with servelab.measure.sweep.write_summary(run_dir)"
+            "recompute it with servelab.analyse.summary.write_summary(run_dir)"
         )
     if "source" not in frame.columns:
         frame["source"] = "servelab"

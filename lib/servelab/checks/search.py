@@ -21,14 +21,14 @@ import pandas as pd
 
 from servelab.aio import run_sync
 from servelab.analyse import metrics
+from servelab.analyse.summary import slo_of, write_summary
 from servelab.errors import OutputsError, ParamsError
 from servelab.measure.clients import Target
 from servelab.measure.http11 import StreamClient
 from servelab.measure.load import PointOutcome, ensure_file_descriptors, make_client, run_point
 from servelab.measure.prompts import Prompt
-from servelab.measure.sweep import slo_of, write_summary
 from servelab.measure.workloads import build_workload
-from servelab.params import Params, Sweep
+from servelab.params import ConcurrencyLoad, LoadParams, Params, RateLoad, Sweep
 from servelab.records import POINTS_FILE, REQUESTS_FILE, JsonlWriter, PointRecord, RequestRecord
 
 SEARCH_FILE = "search.json"
@@ -105,6 +105,17 @@ def _step(
     return SearchStep(value, outcome, throughput, gain, values, meets, goodput)
 
 
+def _load_entry(sweep: Sweep, load_kind: str, value: float) -> LoadParams:
+    """The typed load of one search step: the sweep's entry of this kind (its burstiness, ramp-up and cap) at
+    `value`, which the search chose and the sweep need not hold; a plain entry when the sweep has none."""
+    for load in sweep.load:
+        if load.kind == load_kind:
+            return load
+    if load_kind == "concurrency":
+        return ConcurrencyLoad(values=(max(1, int(value)),))
+    return RateLoad(kind=load_kind, values=(value,))  # type: ignore[arg-type]
+
+
 async def find_max_throughput(
     client: StreamClient,
     target: Target,
@@ -148,7 +159,7 @@ async def find_max_throughput(
         point_id = f"{point_id_prefix}-{load_kind}-{value:g}"
         offset = sum(s.outcome.requests + s.outcome.warmup_requests for s in steps) % len(prompts)
         rotated = prompts[offset:] + prompts[:offset]
-        outcome = await run_point(client, target, rotated, load_kind, value, sweep, point_id, keep)
+        outcome = await run_point(client, target, rotated, _load_entry(sweep, load_kind, value), value, sweep, point_id, keep)
         step = _step(value, outcome, collected, steps[-1] if steps else None, slo, slo_percentile)
         steps.append(step)
         if on_step is not None:

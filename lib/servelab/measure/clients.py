@@ -31,10 +31,11 @@ from servelab.measure.http11 import (
     request_bytes,
 )
 from servelab.records import RequestRecord
+from servelab.serve.deploy import api_key_headers
 
 if TYPE_CHECKING:
     from servelab.measure.prompts import Prompt
-    from servelab.params import Deployment
+    from servelab.serve.deploy import RunningServer
 
 Api = Literal["completions", "chat"]
 ApiFlavour = Literal["openai", "ollama"]
@@ -65,21 +66,18 @@ class Target:
     """Sent with every request: an endpoint's bearer token (never written to a record)."""
 
     @classmethod
-    def for_deployment(cls, deployment: Deployment, base_url: str) -> Target:
-        """The target of a running deployment, naming the model as its engine adapter serves it."""
-        from servelab.serve.engines import adapter_for
-
-        adapter = adapter_for(deployment)
-        flavour = adapter.api_flavour_for(deployment)
-        if flavour not in ("openai", "ollama"):
-            raise ValueError(f"engine {deployment.engine.kind!r} has unknown api_flavour {flavour!r}")
+    def for_server(cls, server: RunningServer) -> Target:
+        """The target of a running server: its deployment, the model we report, and the name its engine serves."""
+        if server.api_flavour not in ("openai", "ollama"):
+            raise ValueError(f"{server.name} ({server.framework}) has unknown api_flavour {server.api_flavour!r}")
         return cls(
-            deployment=deployment.name,
-            framework=deployment.engine.kind,
-            model=deployment.model,
-            served_model=adapter.served_model_name(deployment),
-            base_url=base_url.rstrip("/"),
-            api_flavour=flavour,  # type: ignore[arg-type]
+            deployment=server.name,
+            framework=server.framework,
+            model=server.model,
+            served_model=server.served_model,
+            base_url=server.base_url.rstrip("/"),
+            api_flavour=server.api_flavour,  # type: ignore[arg-type]
+            headers=tuple(api_key_headers(server.api_key_env).items()),
         )
 
 

@@ -25,7 +25,7 @@ from servelab.errors import ClientCapacityError
 from servelab.measure.clients import Target, TokenCounter, make_client, send
 from servelab.measure.http11 import StreamClient
 from servelab.measure.prompts import Prompt
-from servelab.params import ConcurrencyLoad, LoadParams, RateLoad, Sweep
+from servelab.params import ConcurrencyLoad, LoadParams, Sweep
 from servelab.records import RequestRecord
 
 __all__ = [
@@ -177,19 +177,6 @@ def point_rng(seed: int, point_id: str) -> random.Random:
     return random.Random(f"servelab.measure.load:{seed}:{point_id}")
 
 
-def load_params_for(sweep: Sweep, load_kind: str, load_value: float) -> LoadParams:
-    """The sweep's load entry holding this kind and value; defaults when the value is not in the sweep."""
-    for load in sweep.load:
-        if load.kind == load_kind and any(math.isclose(v, load_value) for v in load.values):
-            return load
-    for load in sweep.load:
-        if load.kind == load_kind:
-            return load
-    if load_kind == "concurrency":
-        return ConcurrencyLoad(values=(max(1, int(load_value)),))
-    return RateLoad(kind=load_kind, values=(load_value,))  # type: ignore[arg-type]
-
-
 @dataclass(slots=True)
 class _Point:
     """The mutable state of one running point."""
@@ -336,21 +323,20 @@ async def run_point(
     client: StreamClient,
     target: Target,
     prompts: list[Prompt],
-    load_kind: str,
+    load: LoadParams,
     load_value: float,
     sweep: Sweep,
     point_id: str,
     on_record: Callable[[RequestRecord], None],
     *,
-    load: LoadParams | None = None,
     lag_limit_ms: float | None = None,
     token_counter: TokenCounter | None = None,
     offsets: list[int] | None = None,
     anchor_after_warmup: Callable[[], int] | None = None,
 ) -> PointOutcome:
     """Run one load point: warm-up requests (tagged), then the measured phase; `on_record` gets each record
-    as its request completes. `load_kind` is 'concurrency' (value: workers) or constant/poisson/gamma
-    (value: requests/s); burstiness, ramp-up and max_concurrency come from `load` or the sweep's entry.
+    as its request completes. `load` is the point's typed entry of the sweep: concurrency (`load_value`: workers)
+    or constant/poisson/gamma (`load_value`: requests/s), with its burstiness, ramp-up and max_concurrency.
     The RNG is `random.Random` seeded from sweep.seed and point_id.
 
     For a share of a point run in several processes (servelab.measure.workers): `offsets` is this share of
@@ -360,19 +346,17 @@ async def run_point(
         raise ValueError(f"point {point_id}: no prompts to send")
     if load_value <= 0:
         raise ValueError(f"point {point_id}: load value must be positive, got {load_value}")
-    load = load or load_params_for(sweep, load_kind, load_value)
     limit = sweep.requests_per_point
     point = _Point(client, target, prompts, sweep, point_id, on_record, token_counter)
     rng = point_rng(sweep.seed, point_id)
 
-    if load_kind == "concurrency":
+    if isinstance(load, ConcurrencyLoad):
         concurrency = int(load_value)
         offsets = []
     else:
-        assert isinstance(load, RateLoad)
         concurrency = load.max_concurrency or sweep.warmup_requests
         offsets = offsets if offsets is not None else arrival_offsets_ns(
-            load_kind,
+            load.kind,
             load_value,
             rng,
             count=limit,
@@ -385,15 +369,13 @@ async def run_point(
     warmups = point.next_index
 
     anchor = anchor_after_warmup() if anchor_after_warmup is not None else now_ns() + START_LEAD_NS
-    if load_kind == "concurrency":
-        assert isinstance(load, ConcurrencyLoad)
+    if isinstance(load, ConcurrencyLoad):
         deadline = anchor + sweep.duration_s * NS_PER_S if sweep.duration_s is not None else math.inf
         await _closed_loop(point, concurrency, load.ramp_up_s, anchor, limit, deadline)
     else:
-        assert isinstance(load, RateLoad)
         await _open_loop(point, offsets, anchor, load.max_concurrency)
 
-    limit_ms = lag_limit_ms if lag_limit_ms is not None else schedule_lag_limit_ms(load_kind, load_value)
+    limit_ms = lag_limit_ms if lag_limit_ms is not None else schedule_lag_limit_ms(load.kind, load_value)
     lags_ms = np.asarray(point.lags_ns, dtype=float) / 1e6
     p50 = float(np.percentile(lags_ms, 50)) if lags_ms.size else None
     p99 = float(np.percentile(lags_ms, 99)) if lags_ms.size else None

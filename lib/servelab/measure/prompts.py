@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from servelab.errors import ParamsError
 from servelab.measure.tokens import JsonTokenizer
+from servelab.params import LANGUAGES
 
 if TYPE_CHECKING:
     from servelab.params import Sweep
@@ -37,7 +38,6 @@ class PromptTokenizer(Protocol):
 
     def prefix(self, text: str, max_tokens: int) -> tuple[str, int]: ...
 
-SHIPPED_LANGUAGES = ("en", "ko", "zh", "ja", "es")
 CHARS_PER_TOKEN = {"en": 4.2, "es": 3.7, "ko": 1.6, "zh": 1.4, "ja": 1.5, "random": 4.2, "sharegpt": 4.0}
 """Rough ratios for large multilingual tokenizers (Llama 3, Qwen 2.5); only used without a tokenizer."""
 
@@ -64,9 +64,9 @@ class Prompt:
 @functools.cache
 def passages(language: str) -> tuple[str, ...]:
     """The shipped passages of one language (`servelab/data/prompts/<language>.txt`, blank-line separated)."""
-    if language not in SHIPPED_LANGUAGES:
+    if language not in LANGUAGES:
         raise ParamsError(
-            f"no shipped prompts for language {language!r}; shipped: {', '.join(SHIPPED_LANGUAGES)}"
+            f"no shipped prompts for language {language!r}; shipped: {', '.join(LANGUAGES)}"
         )
     text = resources.files("servelab").joinpath(f"data/prompts/{language}.txt").read_text(encoding="utf-8")
     lines = [line for line in text.splitlines() if not line.startswith("#")]

@@ -18,13 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import pandas as pd
 from tqdm.auto import tqdm
 
 from servelab.aio import run_sync
-from servelab.analyse import metrics
 from servelab.clock import now_ns
-from servelab.errors import EngineError, OutputsError
+from servelab.errors import EngineError
 from servelab.manifest import update_manifest
 from servelab.measure import load as load_module
 from servelab.measure import workers
@@ -32,13 +30,12 @@ from servelab.measure.clients import Target
 from servelab.measure.prompts import Prompt
 from servelab.measure.tokens import JsonTokenizer, ServerTokenizer, local_tokenizer
 from servelab.measure.workloads import build_workload, describe_workload
-from servelab.params import ConcurrencyLoad, Params, Sweep
+from servelab.params import ConcurrencyLoad, LoadParams, Params, Sweep
 from servelab.records import (
     LOADED_MODELS_FILE,
     MANIFEST_FILE,
     POINTS_FILE,
     REQUESTS_FILE,
-    SUMMARY_FILE,
     JsonlWriter,
     LoadedModelRecord,
     PointRecord,
@@ -53,16 +50,29 @@ from servelab.serve.engines import adapter_for_kind
 
 log = logging.getLogger(__name__)
 FINISHED = ("done", "failed")
+UNCAPPED_OPEN_LOOP = 1024
+"""Connections sized for an open-loop point without max_concurrency."""
 
 
 @dataclass(frozen=True)
 class LoadPoint:
-    """One cell of the grid."""
+    """One cell of the grid: who, in which language, under which typed load entry of the sweep at which value."""
 
     deployments: tuple[str, ...]
     language: str
-    load_kind: str
+    load: LoadParams
     load_value: float
+
+    @property
+    def load_kind(self) -> str:
+        return self.load.kind
+
+    @property
+    def max_concurrency(self) -> int:
+        """The most requests this point keeps in flight per deployment (open loop: its cap, else 1024)."""
+        if isinstance(self.load, ConcurrencyLoad):
+            return int(self.load_value)
+        return self.load.max_concurrency or UNCAPPED_OPEN_LOOP
 
     @property
     def interference(self) -> bool:
@@ -82,7 +92,7 @@ def plan_points(params: Params) -> list[LoadPoint]:
     """Every deployment alone (the others idle), then, with several deployments, all of them at once."""
     names = tuple(d.name for d in params.deployments)
     points = [
-        LoadPoint((name,), language, load.kind, float(value))
+        LoadPoint((name,), language, load, float(value))
         for name in names
         for language in params.sweep.languages
         for load in params.sweep.load
@@ -90,7 +100,7 @@ def plan_points(params: Params) -> list[LoadPoint]:
     ]
     if len(names) > 1:
         points += [
-            LoadPoint(names, params.sweep.languages[0], load.kind, float(value))
+            LoadPoint(names, params.sweep.languages[0], load, float(value))
             for load in params.sweep.load
             for value in load.values
         ]
@@ -112,18 +122,6 @@ def estimate_seconds(params: Params, seconds_per_request: float = 0.5) -> float:
     return total
 
 
-def target_for(server: RunningServer) -> Target:
-    return Target(
-        deployment=server.name,
-        framework=server.framework,
-        model=server.model,
-        served_model=server.served_model,
-        base_url=server.base_url,
-        api_flavour=server.api_flavour,  # type: ignore[arg-type]
-        headers=tuple(api_key_headers(server.api_key_env).items()),
-    )
-
-
 def drop_unfinished(run_dir: Path) -> list[str]:
     """Remove the requests of points that started but never finished; returns their point ids."""
     points = latest_points(run_dir)
@@ -134,18 +132,9 @@ def drop_unfinished(run_dir: Path) -> list[str]:
     return sorted(unfinished)
 
 
-def _max_concurrency(point: LoadPoint, params: Params) -> int:
-    if point.load_kind == "concurrency":
-        return int(point.load_value)
-    for load in params.sweep.load:
-        if load.kind == point.load_kind and not isinstance(load, ConcurrencyLoad) and load.max_concurrency:
-            return load.max_concurrency
-    return 1024
-
-
 def connections_needed(params: Params) -> int:
     """The most connections any point of the grid opens at once (the interference point sums its deployments)."""
-    return max(_max_concurrency(point, params) * len(point.deployments) for point in plan_points(params))
+    return max(point.max_concurrency * len(point.deployments) for point in plan_points(params))
 
 
 def prompt_count(point: LoadPoint, params: Params) -> int:
@@ -207,7 +196,7 @@ async def _run_point(
     ceiling: workers.ClientCeiling | None = None,
 ) -> list[load_module.PointOutcome]:
     servers = [fleet[name] for name in point.deployments]
-    connections = _max_concurrency(point, params) * len(servers)
+    connections = point.max_concurrency * len(servers)
     async with load_module.make_client(connections) as client:
         jobs = []
         count = prompt_count(point, params) + params.sweep.warmup_requests
@@ -216,9 +205,9 @@ async def _run_point(
             jobs.append(
                 workers.drive_point(
                     client,
-                    target_for(server),
+                    Target.for_server(server),
                     prompts,
-                    point.load_kind,
+                    point.load,
                     point.load_value,
                     params.sweep,
                     point.point_id(server.name),
@@ -268,8 +257,8 @@ def _point_record(point: LoadPoint, server: RunningServer, status: str, start_ns
     )
 
 
-def run_sweep(params: Params, run_dir: Path, fleet: Fleet, progress: bool = True) -> pd.DataFrame:
-    """Run every point not yet finished in this run; returns the tidy summary (also written to summary.csv)."""
+def run_sweep(params: Params, run_dir: Path, fleet: Fleet, progress: bool = True) -> None:
+    """Run every point not yet finished in this run, every request on disk (`servelab.analyse.summary` sums them up)."""
     if (run_dir / MANIFEST_FILE).is_file():
         update_manifest(run_dir, workload=describe_workload(params.sweep))
     dropped = drop_unfinished(run_dir)
@@ -323,22 +312,6 @@ def run_sweep(params: Params, run_dir: Path, fleet: Fleet, progress: bool = True
                     f"{point.label}; every completed request is in {run_dir / REQUESTS_FILE}. Last lines of "
                     f"{server.log_path}:\n{server.log_tail()}"
                 )
-    return write_summary(run_dir, slo=slo_of(params))
-
-
-def slo_of(params: Params) -> metrics.Slo | None:
-    """The params' SLOs as the metrics' `Slo`, or None when the params set none."""
-    return metrics.Slo(**params.slo.model_dump()) if params.slo is not None else None
-
-
-def write_summary(run_dir: Path, slo: metrics.Slo | None = None) -> pd.DataFrame:
-    """Recompute summary.csv from requests.jsonl and points.jsonl; with `slo`, goodput_req_s per point too."""
-    summary = metrics.summarize(read_requests(run_dir), latest_points(run_dir), slo=slo)
-    try:
-        summary.to_csv(run_dir / SUMMARY_FILE, index=False)
-    except OSError as error:
-        raise OutputsError(f"cannot write {run_dir / SUMMARY_FILE}: {error.strerror}; free space or fix permissions") from None
-    return summary
 
 
 def completed_requests(run_dir: Path) -> list[RequestRecord]:

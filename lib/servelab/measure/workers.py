@@ -46,7 +46,6 @@ from servelab.measure.load import (
     PointOutcome,
     arrival_offsets_ns,
     ensure_file_descriptors,
-    load_params_for,
     point_rng,
     run_point,
     schedule_lag_limit_ms,
@@ -272,8 +271,8 @@ def _worker_main(job: WorkerJob, connection: Connection) -> None:
         async def go() -> PointOutcome:
             async with make_client(connections, transport=job.transport) as client:
                 return await run_point(
-                    client, job.target, job.prompts, job.load_kind, job.load_value, job.sweep, job.point_id,
-                    on_record, load=job.load, offsets=job.share.offsets, anchor_after_warmup=anchor,
+                    client, job.target, job.prompts, job.load, job.load_value, job.sweep, job.point_id,
+                    on_record, offsets=job.share.offsets, anchor_after_warmup=anchor,
                     lag_limit_ms=math.inf,  # judged once, by the parent, over every process's lags
                 )  # fmt: skip
 
@@ -400,7 +399,7 @@ def drive_point(
     client: StreamClient,
     target: Target,
     prompts: list[Prompt],
-    load_kind: str,
+    load: LoadParams,
     load_value: float,
     sweep: Sweep,
     point_id: str,
@@ -408,18 +407,17 @@ def drive_point(
     *,
     parts_dir: Path,
     ceiling: ClientCeiling | None = None,
-    load: LoadParams | None = None,
     first_cpu: int = 0,
 ) -> Coroutine[Any, Any, PointOutcome]:
     """The point in this process (`load.run_point` on `client`), or over sweep.client_processes processes: a
     count, or 'auto' (`processes_for` against `ceiling`)."""
     cpus = usable_cpus()
-    processes = processes_for(sweep.client_processes, load_kind, load_value, sweep.output_tokens, ceiling, len(cpus))
+    processes = processes_for(sweep.client_processes, load.kind, load_value, sweep.output_tokens, ceiling, len(cpus))
     if processes == 1:
-        return run_point(client, target, prompts, load_kind, load_value, sweep, point_id, on_record, load=load)
+        return run_point(client, target, prompts, load, load_value, sweep, point_id, on_record)
     return run_point_in_processes(
-        processes, target, prompts, load_kind, load_value, sweep, point_id, on_record, parts_dir,
-        load=load, cpus=cpus, first_cpu=first_cpu * processes,
+        processes, target, prompts, load, load_value, sweep, point_id, on_record, parts_dir,
+        cpus=cpus, first_cpu=first_cpu * processes,
     )  # fmt: skip
 
 
@@ -427,14 +425,13 @@ async def run_point_in_processes(
     processes: int,
     target: Target,
     prompts: list[Prompt],
-    load_kind: str,
+    load: LoadParams,
     load_value: float,
     sweep: Sweep,
     point_id: str,
     on_record: Callable[[RequestRecord], None],
     parts_dir: Path,
     *,
-    load: LoadParams | None = None,
     cpus: Sequence[int] | None = None,
     first_cpu: int = 0,
     lag_limit_ms: float | None = None,
@@ -446,7 +443,7 @@ async def run_point_in_processes(
     counted as the server reports them (no token_counter)."""
     if not prompts:
         raise ValueError(f"point {point_id}: no prompts to send")
-    load = load or load_params_for(sweep, load_kind, load_value)
+    load_kind = load.kind
     cpus = list(cpus) if cpus is not None else usable_cpus()
     if load_kind == "concurrency":
         processes = min(processes, int(load_value))

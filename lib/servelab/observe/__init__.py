@@ -36,6 +36,7 @@ from servelab.observe.nvml import (
     NvmlReader,
     device_indices,
     free_device_mib,
+    gpu_inventory,
     nvml_available,
     open_devices,
 )
@@ -60,6 +61,7 @@ __all__ = [
     "energy_per_deployment",
     "free_device_mib",
     "idle_by_device",
+    "gpu_inventory",
     "idle_footprint",
     "load_events",
     "memory_under_load",

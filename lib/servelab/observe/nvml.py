@@ -86,6 +86,33 @@ def free_device_mib(device_index: int = 0, library: ModuleType | Any = pynvml) -
             pass
 
 
+def gpu_inventory(library: ModuleType | Any = pynvml) -> dict[str, Any] | str:
+    """The manifest's GPU section: names, UUIDs, memory and driver from NVML, or the string 'none'."""
+    try:
+        library.nvmlInit()
+    except Exception:  # no driver, no library, no device: all mean "none"
+        return "none"
+    try:
+        devices = []
+        for index in range(library.nvmlDeviceGetCount()):
+            handle = library.nvmlDeviceGetHandleByIndex(index)
+            devices.append(
+                {
+                    "index": index,
+                    "name": _text(library.nvmlDeviceGetName(handle)),
+                    "uuid": _text(library.nvmlDeviceGetUUID(handle)),
+                    "memory_total_mib": library.nvmlDeviceGetMemoryInfo(handle).total / MIB,
+                }
+            )
+        return {"driver": _text(library.nvmlSystemGetDriverVersion()), "devices": devices}
+    finally:
+        library.nvmlShutdown()
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 class NvmlReader:
     """One GPU's readings as MemorySamples. Opens NVML on creation (raises pynvml.NVMLError if it cannot)."""
 

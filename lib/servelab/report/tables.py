@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from servelab.manifest import read_manifest
+from servelab.manifest import read_manifest, read_params
 
 
 def run_header(run_dir: Path) -> pd.DataFrame:
@@ -193,9 +193,8 @@ def agreement(run_dir: Path) -> pd.DataFrame:
 def memory(run_dir: Path, samples: pd.DataFrame, points: pd.DataFrame) -> pd.DataFrame:
     """Per deployment: idle and peak memory against the planner's prediction (03_gpu_memory has the detail)."""
     from servelab.analyse import memory_tables as memory_report
-    from servelab.notebook import recorded
 
-    comparison = memory_report.planner_comparison(recorded(str(run_dir)).params, samples, points)
+    comparison = memory_report.planner_comparison(read_params(run_dir), samples, points)
     endpoints = memory_report.endpoint_memory(read_manifest(run_dir).get("engines", {}), samples, points)
     if comparison.empty and endpoints.empty:
         return pd.DataFrame({"note": ["no memory was sampled for a deployment the planner can predict"]})
