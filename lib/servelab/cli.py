@@ -153,10 +153,13 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
+    from servelab.observe.nvml import device_total_mib
     from servelab.params import load_params
     from servelab.serve.planner import format_plan, plan
 
-    print(format_plan(plan(load_params(args.params), total_mib=args.total_mib)))
+    params = load_params(args.params)
+    total_mib = args.total_mib if args.total_mib is not None else device_total_mib(params.memory.device_index)
+    print(format_plan(plan(params, total_mib=total_mib)))
     return 0
 
 

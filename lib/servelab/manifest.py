@@ -18,7 +18,6 @@ from servelab.errors import OutputsError
 from servelab.params import Params
 from servelab.records import MANIFEST_FILE, SCHEMA_VERSION
 from servelab.secrets import redact
-from servelab.serve.engines import all_adapters
 
 PACKAGES = (
     "servelab", "httpx", "pandas", "numpy", "pydantic", "papermill", "nbconvert", "nbclient", "jupyterlab",
@@ -27,10 +26,10 @@ PACKAGES = (
 """servelab's own packages; each engine adapter names its engine's (`EngineAdapter.packages`)."""
 
 
-def package_versions() -> dict[str, str]:
-    engines = [name for adapter in all_adapters().values() for name in adapter.packages]
+def package_versions(engine_packages: tuple[str, ...] = ()) -> dict[str, str]:
+    """Installed versions of servelab's packages and of `engine_packages` (what the adapters name), by name."""
     versions = {}
-    for name in dict.fromkeys(PACKAGES + tuple(engines)):
+    for name in dict.fromkeys(PACKAGES + engine_packages):
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -64,15 +63,17 @@ def host_info() -> dict[str, Any]:
     }
 
 
-def build_manifest(params: Params, params_path: str, run_id: str, repo: Path, gpu: dict[str, Any] | str) -> dict[str, Any]:
-    """The manifest of a new run; `gpu` is what `servelab.observe.gpu_inventory` read (the manifest reads no GPU)."""
+def build_manifest(params: Params, params_path: str, run_id: str, repo: Path, gpu: dict[str, Any] | str,
+                   engine_packages: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The manifest of a new run; `gpu` is what `servelab.observe.gpu_inventory` read and `engine_packages` what the
+    engines' adapters name (the manifest reads no GPU and knows no engine)."""
     return {
         "schema_version": SCHEMA_VERSION,
         "run_id": run_id,
         "params_file": params_path,
         "params": params.model_dump(mode="json"),
         "git": git_revision(repo),
-        "packages": package_versions(),
+        "packages": package_versions(engine_packages),
         "host": host_info(),
         "gpu": gpu,
         "clock": {"name": "CLOCK_MONOTONIC", "unit": "ns", "anchor": wall_anchor()},

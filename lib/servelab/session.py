@@ -22,6 +22,7 @@ from servelab.params import Params, load_params, params_stem
 from servelab.records import MANIFEST_FILE
 from servelab.serve import deploy as deployment_module
 from servelab.serve.deploy import Fleet, RunningServer
+from servelab.serve.engines import engine_packages
 
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[2]
@@ -53,7 +54,7 @@ def create_run(
     try:
         path.mkdir(parents=True, exist_ok=True)
         if not (path / MANIFEST_FILE).exists():
-            write_manifest(path, build_manifest(params, str(params_path), path.name, REPO, gpu_inventory()))
+            write_manifest(path, build_manifest(params, str(params_path), path.name, REPO, gpu_inventory(), engine_packages()))
             record_calibration(path)  # this host's last `servelab calibrate`, if there is one
     except OSError as error:
         raise OutputsError(f"cannot create the run folder {path}: {error.strerror}; check the disk and permissions") from None

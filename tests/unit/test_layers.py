@@ -17,8 +17,8 @@ PACKAGE = Path(__file__).resolve().parents[2] / "lib" / "servelab"
 FLOORS: tuple[tuple[str, ...], ...] = (
     ("errors", "clock", "aio", "secrets", "records"),
     ("params", "schema_doc", "manifest"),
-    ("observe",),
     ("serve",),
+    ("observe",),
     ("measure",),
     ("analyse",),
     ("checks",),

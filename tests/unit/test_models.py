@@ -13,6 +13,8 @@ import pytest
 from servelab.errors import ParamsError
 from servelab.params import Deployment
 from servelab.serve import models
+from servelab.serve.deploy import _model_for
+from servelab.serve.engines import adapter_for
 from servelab.serve.models import SHAPES, is_shape_only, model_size_billion, prepare_shape, resolve_shape
 from tokenizers import Tokenizer
 
@@ -94,8 +96,13 @@ def test_is_shape_only_flags_dummy_weight_deployments() -> None:
 
 
 def test_only_vllm_and_sglang_can_serve_a_shape(shapes_root: Path) -> None:
+    """Deploy and compose ask the adapter before they prepare a shape's folder."""
+    deployment = shape_deployment("yi-6b", kind="ollama")
     with pytest.raises(ParamsError, match="ollama cannot serve shape"):
-        prepare_shape(shape_deployment("yi-6b", kind="ollama"), shapes_root)
+        adapter_for(deployment).check_shape(deployment)
+    with pytest.raises(ParamsError, match="ollama cannot serve shape"):
+        _model_for(adapter_for(deployment), deployment, shapes_root / "run")
+    assert not (shapes_root / ".shapes").exists(), "refused before any folder is written"
 
 
 @pytest.mark.parametrize(

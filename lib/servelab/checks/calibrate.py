@@ -470,6 +470,7 @@ def calibrate(
     `record_calibration` puts it into a run's manifest.
     """
     from servelab.manifest import host_info, package_versions
+    from servelab.serve.engines import engine_packages
 
     client_cpus, emitter_cpus = _split_cpus(cores)
     workers = max(1, min(4, len(emitter_cpus)))
@@ -486,7 +487,7 @@ def calibrate(
     result = Calibration(
         created_utc=datetime.now(UTC).isoformat(timespec="seconds"),
         host=host_info(),
-        packages=package_versions(),
+        packages=package_versions(engine_packages()),
         cores=len(client_cpus),
         client_cpus=client_cpus,
         emitter_cpus=emitter_cpus,

@@ -67,6 +67,16 @@ class FreeMemory:
     free_mib: float
 
 
+def device_total_mib(device_index: int = 0) -> float:
+    """The local GPU's total memory, MiB, for sizing a plan; a ParamsError naming the fix when no GPU is visible."""
+    from servelab.errors import ParamsError
+
+    device = free_device_mib(device_index)
+    if device is None:
+        raise ParamsError("no GPU is visible here to size the plan; pass total_mib (servelab plan --total-mib 81559)")
+    return device.total_mib
+
+
 def free_device_mib(device_index: int = 0, library: ModuleType | Any = pynvml) -> FreeMemory | None:
     """The device's total, used and free memory in MiB, or None when there is no NVML or no such GPU."""
     try:

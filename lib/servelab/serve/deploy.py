@@ -252,6 +252,7 @@ def _model_for(adapter: EngineAdapter, deployment: Deployment, run_dir: Path) ->
     if deployment.shape:
         from servelab.serve.models import prepare_shape
 
+        adapter.check_shape(deployment)
         return str(prepare_shape(deployment, run_dir.parent / ".shapes"))
     return adapter.model_path(deployment)
 

@@ -77,25 +77,6 @@ def shape_for(deployment: Deployment) -> ModelShape | None:
     return EMBEDDED_SHAPE if "smollm2" in model else None
 
 
-@dataclass(frozen=True)
-class Footprint:
-    """What one deployment is predicted to hold, MiB; `memory` says where: 'gpu', 'host', or 'elsewhere' for a
-    server servelab did not start (nothing is predicted for it)."""
-
-    deployment: str
-    framework: str
-    memory: str
-    predicted_mib: float
-    weights_mib: float | None
-    kv_cache_mib: float | None
-    kv_tokens: int | None
-    overhead_mib: float
-    formula: str
-    notes: tuple[str, ...] = ()
-    seed_fraction: float | None = None
-    """The utilization the seed's formula (`planner.seed_formula_mib`) reads, where the engine has one (vLLM)."""
-
-
 def dtype_bytes(dtype: str) -> float:
     return 4.0 if dtype == "float32" else 2.0
 

@@ -27,7 +27,6 @@ from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_
 
 from servelab.errors import ParamsError
 from servelab.params import Deployment
-from servelab.serve.engines.base import adapter_for
 
 RECIPE_VERSION = 3
 """Bump when the folder's contents change for the same shape; cached folders are then rebuilt."""
@@ -240,9 +239,9 @@ def is_shape_only(deployment: Deployment) -> bool:
 
 
 def shape_of(deployment: Deployment) -> Shape:
+    """The shape a deployment names; whether its engine can serve one is its adapter's `check_shape`."""
     if deployment.shape is None:
         raise ParamsError(f"deployment {deployment.name!r} has no shape; set deployments[].shape")
-    adapter_for(deployment).check_shape(deployment)
     return resolve_shape(deployment.shape)
 
 

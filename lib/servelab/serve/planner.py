@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from servelab.params import Deployment, Params
-from servelab.serve.engines.base import adapter_for, start_order
-from servelab.serve.footprints import Footprint, ModelShape, shape_for
+from servelab.serve.engines.base import Footprint, adapter_for, start_order
+from servelab.serve.footprints import ModelShape, shape_for
 
 __all__ = ["DEFAULT_RESERVE_MIB", "Footprint", "ModelShape", "Plan", "Suggestion", "format_plan", "plan", "predict",
            "required_mib", "seed_formula_mib", "shape_for"]
@@ -101,22 +101,14 @@ def _predict_in_order(deployments: Sequence[Deployment], total_mib: float, reser
     return footprints, warnings
 
 
-def plan(params: Params | Sequence[Deployment], total_mib: float | None = None, reserve_mib: float = DEFAULT_RESERVE_MIB,
-         device_index: int = 0) -> Plan:
-    """Predict every deployment in start order on a GPU of `total_mib` (default: the local GPU's) and check the sum.
+def plan(params: Params | Sequence[Deployment], total_mib: float, reserve_mib: float = DEFAULT_RESERVE_MIB) -> Plan:
+    """Predict every deployment in start order on a GPU of `total_mib` and check the sum (the caller reads the
+    local GPU's total, `servelab.observe.device_total_mib`, where none is given).
 
     When the GPU deployments do not fit in total - reserve, the vLLM and SGLang fractions are scaled by one common
     factor so that they do, and each new value is suggested with the KV cache it leaves.
     """
     deployments = list(params.deployments if isinstance(params, Params) else params)
-    if total_mib is None:
-        from servelab.errors import ParamsError
-        from servelab.observe.nvml import free_device_mib
-
-        device = free_device_mib(device_index)
-        if device is None:
-            raise ParamsError("no GPU is visible here to size the plan; pass total_mib (servelab plan --total-mib 81559)")
-        total_mib = device.total_mib
     ordered = start_order(deployments)
     footprints, warnings = _predict_in_order(ordered, total_mib, reserve_mib)
     gpu = sum(f.predicted_mib for f in footprints if f.memory == "gpu")

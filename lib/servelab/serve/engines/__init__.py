@@ -7,12 +7,13 @@ from servelab.serve.engines.base import (
     adapter_for,
     adapter_for_kind,
     all_adapters,
+    engine_packages,
     known_kinds,
     register,
     start_order,
 )
 
 __all__ = [
-    "ENGINES", "CounterNames", "EngineAdapter", "adapter_for", "adapter_for_kind", "all_adapters", "known_kinds",
+    "ENGINES", "CounterNames", "EngineAdapter", "adapter_for", "adapter_for_kind", "all_adapters", "engine_packages", "known_kinds",
     "register", "start_order",
 ]

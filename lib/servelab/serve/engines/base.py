@@ -12,15 +12,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import httpx
 
 from servelab.errors import EngineError, ParamsError
 from servelab.params import Deployment
-
-if TYPE_CHECKING:
-    from servelab.serve.footprints import Footprint
 
 
 @dataclass(frozen=True)
@@ -66,6 +63,25 @@ class ScaledBudget:
     current: float
     suggested: float
     deployment: Deployment
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """What one deployment is predicted to hold, MiB; `memory` says where: 'gpu', 'host', or 'elsewhere' for a
+    server servelab did not start (nothing is predicted for it)."""
+
+    deployment: str
+    framework: str
+    memory: str
+    predicted_mib: float
+    weights_mib: float | None
+    kv_cache_mib: float | None
+    kv_tokens: int | None
+    overhead_mib: float
+    formula: str
+    notes: tuple[str, ...] = ()
+    seed_fraction: float | None = None
+    """The utilization the seed's formula (`planner.seed_formula_mib`) reads, where the engine has one (vLLM)."""
 
 
 class EngineAdapter(ABC):
@@ -246,6 +262,11 @@ def adapter_for(deployment: Deployment) -> EngineAdapter:
 def all_adapters() -> dict[str, EngineAdapter]:
     """Every engine's adapter, by kind (imports each engine module once)."""
     return {kind: adapter_for_kind(kind) for kind in known_kinds()}
+
+
+def engine_packages() -> tuple[str, ...]:
+    """The packages every engine's adapter names, for the manifest's versions."""
+    return tuple(dict.fromkeys(name for adapter in all_adapters().values() for name in adapter.packages))
 
 
 def start_order(deployments: Iterable[Deployment]) -> list[Deployment]:

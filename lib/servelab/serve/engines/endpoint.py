@@ -18,12 +18,12 @@ from servelab.params import Deployment, EndpointEngine
 from servelab.serve.engines.base import (
     CounterNames,
     EngineAdapter,
+    Footprint,
     LaunchSpec,
     LoadedModel,
     adapter_for_kind,
     register,
 )
-from servelab.serve.footprints import Footprint
 
 HEALTH_PATHS = {"openai": "/v1/models", "ollama": "/api/version"}
 """What every server of that API answers, whichever engine it is (OpenAI-style servers need not have /health)."""

@@ -13,8 +13,8 @@ import httpx
 
 from servelab.errors import DeployError
 from servelab.params import Deployment, LlamaCppEngine
-from servelab.serve.engines.base import CounterNames, EngineAdapter, LaunchSpec, register
-from servelab.serve.footprints import MIB, Footprint, gguf_or_shape_weights_mib, shape_for
+from servelab.serve.engines.base import CounterNames, EngineAdapter, Footprint, LaunchSpec, register
+from servelab.serve.footprints import MIB, gguf_or_shape_weights_mib, shape_for
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
 EMBEDDED_MODEL = "smollm2"

@@ -13,9 +13,9 @@ import httpx
 
 from servelab.errors import EngineError, ParamsError
 from servelab.params import Deployment, OllamaEngine
-from servelab.serve.engines.base import EngineAdapter, LaunchSpec, LoadedModel, register
+from servelab.serve.engines.base import EngineAdapter, Footprint, LaunchSpec, LoadedModel, register
 from servelab.serve.engines.containers import gpu_service, healthcheck
-from servelab.serve.footprints import MIB, Footprint, gguf_or_shape_weights_mib, shape_for
+from servelab.serve.footprints import MIB, gguf_or_shape_weights_mib, shape_for
 
 logger = logging.getLogger(__name__)
 

@@ -8,10 +8,17 @@ from typing import Any
 import httpx
 
 from servelab.params import Deployment, SglangEngine
-from servelab.serve.engines.base import CounterNames, EngineAdapter, LaunchSpec, ScaledBudget, register
+from servelab.serve.engines.base import (
+    CounterNames,
+    EngineAdapter,
+    Footprint,
+    LaunchSpec,
+    ScaledBudget,
+    register,
+)
 from servelab.serve.engines.containers import container_model, gpu_service, http_healthcheck
 from servelab.serve.engines.vllm import VLLM_CUDA_CONTEXT_MIB
-from servelab.serve.footprints import MIB, Footprint, dtype_bytes, kv_cache, shape_for
+from servelab.serve.footprints import MIB, dtype_bytes, kv_cache, shape_for
 
 SGLANG_CUDA_CONTEXT_MIB = VLLM_CUDA_CONTEXT_MIB
 """Assumed equal to vLLM's (same torch, same driver); not measured."""

@@ -8,9 +8,16 @@ from typing import Any
 import httpx
 
 from servelab.params import Deployment, VllmEngine
-from servelab.serve.engines.base import CounterNames, EngineAdapter, LaunchSpec, ScaledBudget, register
+from servelab.serve.engines.base import (
+    CounterNames,
+    EngineAdapter,
+    Footprint,
+    LaunchSpec,
+    ScaledBudget,
+    register,
+)
 from servelab.serve.engines.containers import container_model, gpu_service, http_healthcheck
-from servelab.serve.footprints import MIB, Footprint, dtype_bytes, kv_cache, shape_for
+from servelab.serve.footprints import MIB, dtype_bytes, kv_cache, shape_for
 
 VLLM_CUDA_CONTEXT_MIB = 471.0
 """Memory a vLLM v1 process holds beyond gpu_memory_utilization x total: the mean of 364, 578 and 471 MiB
