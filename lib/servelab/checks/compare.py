@@ -243,5 +243,8 @@ def framework_table(run_dirs: Sequence[Path]) -> tuple[pd.DataFrame, pd.DataFram
         table[ranked].groupby("conditions")["best output (tok/s)"].rank(ascending=False, method="min").astype(int)
     )
     table = table.sort_values(["conditions", "rank", "run"], na_position="last", kind="stable").reset_index(drop=True)
+    # The figures right after the deployment and its framework, the longer description after them.
+    described = ["model", "settings", "run"]
+    table = table[[c for c in table.columns if c not in described] + described]
     conditions = pd.DataFrame([{"conditions": chr(ord("A") + i), **c} for i, c in enumerate(condition_sets)])
     return table.dropna(axis="columns", how="all"), conditions

@@ -135,6 +135,9 @@ def ranking(summary: pd.DataFrame, samples: pd.DataFrame, rank_by: str = "output
     ascending = rank_by in LATENCIES
     table = table.sort_values(label, ascending=ascending, na_position="last", kind="stable").reset_index(drop=True)
     table.insert(0, "rank", range(1, len(table) + 1))
+    # The figures first, what the deployment is after them: on a phone the answer is what shows without scrolling.
+    described = [c for c in ("framework", "model", "settings") if c in table]
+    table = table[[c for c in table.columns if c not in described] + described]
     return table.dropna(axis="columns", how="all")
 
 
