@@ -64,11 +64,10 @@ def _compare(args: argparse.Namespace) -> int:
         raise ServelabError(f"compare needs two runs or more, got {len(args.runs)}: servelab compare RUN RUN [RUN ...]")
     runs = [_run_path(r, args.outputs) for r in args.runs]
     if args.html:
-        from servelab.checks.compare import framework_table
-        from servelab.report.frameworks import write_framework_page
+        from servelab.report.frameworks import framework_text, write_framework_page
 
         written = write_framework_page(runs, Path(args.html))
-        print(framework_table(runs)[0].to_string(index=False))
+        print(framework_text(runs))
         print(f"framework table: {written}")
         return 0
     print(compare_runs(runs).to_string())

@@ -33,11 +33,11 @@ def test_the_ranking_puts_the_fastest_deployment_first_by_the_figure_the_params_
     assert list(table["deployment"]) == ["tinyllama", "qwen2.5-3b", "yi-6b"]
     assert list(table["rank"]) == [1, 2, 3]
     assert table.loc[0, "best output (tok/s)"] == pytest.approx(2793.0, abs=0.5)
-    assert list(table["at load"]) == ["c = 64", "c = 64", "c = 16"]
+    assert list(table["at load"]) == ["c\u00a0=\u00a064", "c\u00a0=\u00a064", "c\u00a0=\u00a016"]
     assert table.loc[0, "peak GPU memory (MiB)"] == pytest.approx(22_164.0)
     by_latency = tables.ranking(vllm.summary, vllm.samples, "ttft_ms", vllm.params)
     column = "median TTFT at lowest load (ms)"
-    assert by_latency[column].is_monotonic_increasing and list(by_latency["at load"]) == ["c = 1"] * 3
+    assert by_latency[column].is_monotonic_increasing and list(by_latency["at load"]) == ["c\u00a0=\u00a01"] * 3
 
 
 def test_the_ranking_shows_goodput_when_the_summary_has_it(vllm: RunReport) -> None:
@@ -50,7 +50,8 @@ def test_the_ranking_shows_goodput_when_the_summary_has_it(vllm: RunReport) -> N
 def test_numbers_read_as_a_person_writes_them() -> None:
     assert percent(1.0) == "100 %" and percent(0.0375) == "3.8 %"
     assert signed_percent(-1.28) == "−1.3 %"
-    assert tables.load_text("concurrency", 4.0) == "c = 4" and tables.load_text("poisson", 2.5) == "2.5 req/s"
+    assert tables.load_text("concurrency", 4.0) == "c\u00a0=\u00a04"  # never wrapped inside a cell
+    assert tables.load_text("poisson", 2.5) == "2.5\u00a0req/s"
     page = table_html(pd.DataFrame({"deployment": ["a", "b"], "success": [1.0, 0.5], "TTFT p50 (ms)": [12.3456, 1234.5]}))
     assert "100 %" in page and "50 %" in page and "12.3" in page and "1,234" in page
     assert "row_heading" not in page and ">0<" not in page

@@ -10,9 +10,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from servelab.observe.memory import NO_PROCESS, UNATTRIBUTED, timeline
 
@@ -87,6 +89,7 @@ def throughput(summary: pd.DataFrame, metric: str = "output_tok_s") -> Chart:
         kind="line", marker="o", height=3.4, aspect=1.2, facet_kws={"sharey": False},
     )
     grid.set_axis_labels(_load_axis(rows), "output tokens/s")
+    _whole_load_ticks(grid.axes, rows)
     grid.figure.suptitle("Throughput against load", y=1.03)
     best = rows.loc[rows["value"].idxmax()]
     alt = (
@@ -96,6 +99,13 @@ def throughput(summary: pd.DataFrame, metric: str = "output_tok_s") -> Chart:
     )
     caption = "Output tokens/s at each load point. Where a line flattens, more load only adds queueing."
     return Chart(grid.figure, alt, caption)
+
+
+def _whole_load_ticks(axes: object, rows: pd.DataFrame) -> None:
+    """Concurrency is a whole number: ticks at 1, 2, 4, never at 1.25."""
+    if set(rows["load_kind"]) == {"concurrency"}:
+        for axis in np.asarray(axes).flat:
+            axis.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def _load_axis(rows: pd.DataFrame) -> str:
@@ -114,6 +124,7 @@ def latency_percentiles(summary: pd.DataFrame, metrics: tuple[str, ...] = ("ttft
         marker="o", height=3.2, aspect=1.1, facet_kws={"sharey": False}, errorbar=None,
     )
     grid.set_axis_labels(_load_axis(rows), "milliseconds")
+    _whole_load_ticks(grid.axes, rows)
     grid.figure.suptitle("Latency percentiles against load (all languages pooled per point)", y=1.03)
     alt = (
         f"Line charts of the p50, p90 and p99 of {', '.join(m.removesuffix('_ms').upper() for m in metrics)} in "

@@ -226,7 +226,8 @@ def framework_table(run_dirs: Sequence[Path]) -> tuple[pd.DataFrame, pd.DataFram
                     for k, v in settings.items() if k not in ("kind", "image", "python", "binary") and v not in (None, [], ())
                 ),
                 "best output (tok/s)": float(best["value"]) if best is not None else None,
-                "at load": (f"c = {load:g}" if best["load_kind"] == "concurrency" else f"{load:g} req/s") if best is not None else "not recorded",
+                "at load": (f"c\u00a0=\u00a0{load:g}" if best["load_kind"] == "concurrency" else f"{load:g}\u00a0req/s")
+                if best is not None else "not recorded",
                 "TTFT p50 (ms)": _at_load(frame, "ttft_ms", "p50", load),
                 "TTFT p99 (ms)": _at_load(frame, "ttft_ms", "p99", load),
                 "TPOT p50 (ms)": _at_load(frame, "tpot_ms", "p50", load),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from servelab.analyse.plots import frameworks as frameworks_chart
 from servelab.checks.compare import framework_table
-from servelab.report.display import Section
+from servelab.report.display import Section, formatter_for
 from servelab.report.display import table_html as html_table
 from servelab.report.html import _write, check_figures, render
 
@@ -53,3 +53,16 @@ def write_framework_page(run_dirs: Sequence[Path], destination: Path) -> Path:
     check_figures(page, destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
     return _write(destination, page)
+
+
+TEXT_COLUMNS = ("conditions", "rank", "deployment", "framework", "best output (tok/s)", "at load", "TTFT p50 (ms)", "TPOT p50 (ms)")
+
+
+def framework_text(run_dirs: Sequence[Path]) -> str:
+    """The framework table's main columns as plain text for the console, formatted as on the page."""
+    table, _ = framework_table(run_dirs)
+    shown = table[[c for c in table.columns if c in TEXT_COLUMNS or "peak" in c]].copy()
+    for column in shown.columns:
+        format_cell = formatter_for(column) or str
+        shown[column] = [format_cell(value) for value in shown[column]]
+    return shown.replace("\u00a0", " ", regex=True).to_string(index=False)

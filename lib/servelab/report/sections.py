@@ -52,7 +52,7 @@ class RunReport:
         engines = sorted({str(e.get("version")) for e in self.manifest.get("engines", {}).values()})
         sweep = self.params.sweep
         gpu = self.manifest.get("gpu")
-        where = "no GPU (host RSS)" if gpu == "none" or not gpu else ", ".join(d["name"] for d in gpu.get("devices", []))
+        where = "a machine without a GPU" if gpu == "none" or not gpu else ", ".join(d["name"] for d in gpu.get("devices", []))
         return (
             f"Measured on {where} with {', '.join(engines)}; {sweep.input_tokens}-token prompts, "
             f"{sweep.output_tokens} output tokens, languages {', '.join(sweep.languages)}."
@@ -112,6 +112,7 @@ class RunReport:
             section.add(table_html(table))
         section.text(*tables.memory_sentences(self.samples, table).splitlines())
         return section.text(
+            self.conditions(),
             "The planner predicts each process's footprint from the params, under each framework's own rules. Idle is "
             "the footprint once loaded and outside every load point; peak is the most it held. Methods and the detail "
             "per load point: 03_gpu_memory and docs/memory.md."

@@ -162,7 +162,7 @@ def load_text(load_kind: str | None, value: float | None) -> str:
     if value is None or pd.isna(value):
         return ""
     number = f"{value:g}"
-    return f"c = {number}" if load_kind == "concurrency" else f"{number} req/s"
+    return f"c\u00a0=\u00a0{number}" if load_kind == "concurrency" else f"{number}\u00a0req/s"
 
 
 def load_points(summary: pd.DataFrame) -> pd.DataFrame:
@@ -312,8 +312,9 @@ def memory_sentences(samples: pd.DataFrame, table: pd.DataFrame) -> str:
 
 
 PEAK_GROWTH_MIB = 64.0
-PEAK_GROWTH_SHARE = 0.01
-"""Growth from idle to peak below both of these is noise, not a reason to explain the planner's difference."""
+PEAK_GROWTH_SHARE = 0.02
+"""Growth from idle to peak below both of these (MiB, share of idle) is noise, not a reason to explain the planner's
+difference."""
 
 
 def peak_sentence(samples: pd.DataFrame, table: pd.DataFrame) -> str:
@@ -321,7 +322,8 @@ def peak_sentence(samples: pd.DataFrame, table: pd.DataFrame) -> str:
     if "peak MiB" not in table or "idle MiB" not in table:
         return ""
     grown = (table["peak MiB"] - table["idle MiB"]).dropna()
-    if grown.empty or grown.max() <= max(PEAK_GROWTH_MIB, PEAK_GROWTH_SHARE * float(table["idle MiB"].max())):
+    share = grown / table["idle MiB"].reindex(grown.index)
+    if grown.empty or not ((grown > PEAK_GROWTH_MIB) | (share > PEAK_GROWTH_SHARE)).any():
         return ""
     worst = grown.idxmax()
     source = str(samples["source"].iloc[0]) if not samples.empty else "none"
