@@ -71,6 +71,11 @@ class RunReport:
         table = tables.ranking(self.summary, self.samples, rank_by, self.params)
         section = Section("Which deployment gives what", slug="answer")
         if table.empty or tables.ranking_label(rank_by) not in table:
+            if self.measured:
+                return section.text(
+                    f"The params rank by {rank_by} (report.rank_by), which this run did not measure"
+                    + (": goodput needs SLOs in the params." if rank_by == "goodput_req_s" else ".")
+                )
             return section.text("No load point has finished yet: there is nothing to rank.")
         order = "highest first" if rank_by in tables.THROUGHPUTS else "lowest first"
         section.text(

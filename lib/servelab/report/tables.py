@@ -272,7 +272,7 @@ def readable(column: str) -> str:
         if column.endswith(suffix):
             column = column.removesuffix(suffix) + unit
             break
-    words = column.replace("_", " ")
+    words = column.replace("tok_s", "tok/s").replace("req_s", "req/s").replace("_", " ")
     for short in ("ttft", "tpot", "itl", "e2e"):
         words = re.sub(rf"\b{short}\b", short.upper(), words)
     return words
