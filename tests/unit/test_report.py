@@ -113,3 +113,21 @@ def test_the_export_refuses_a_figure_that_did_not_render_or_has_no_alt_text(tmp_
         report_blocks(_notebook_with(tmp_path, bare))
     with pytest.raises(OutputsError, match="without an image or alt text"):
         check_figures('<figure class="servelab-chart"><img src="data:image/png;base64," alt="x"></figure>', tmp_path)
+
+
+def test_the_validity_panel_shows_engine_drift_where_the_run_measured_turns(tmp_path: Path) -> None:
+    """The recorded H200 comparison turns (servelab and vllm bench taking turns on one server): the same client's
+    output tok/s moved between turns at one load, which the panel states as the engine's own drift."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(VLLM, run_dir)
+    assert "Engine drift" not in {c.check for c in tables.validity(run_dir, *_frames(run_dir))}
+    shutil.copy(RECORDED / "h200-agreement-turns.csv", run_dir / "agreement_turns.csv")
+    (drift,) = [c for c in tables.validity(run_dir, *_frames(run_dir)) if c.check == "Engine drift"]
+    turns = pd.read_csv(run_dir / "agreement_turns.csv")
+    spread = turns.groupby(["deployment", "concurrency", "client"])["output_tok_s"].agg(lambda v: v.max() / v.min() - 1)
+    assert drift.status == "warning" and f"up to {spread.max():.0%}" in drift.finding
+    assert "Repeat points" in drift.action
+
+
+def _frames(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    return frames.summary_frame(run_dir), frames.memory_frame(run_dir), frames.points_frame(run_dir)
