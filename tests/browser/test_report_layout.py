@@ -16,6 +16,7 @@ from test_report_in_chromium import CHROMIUM_FLAGS, REPO, chromium_path
 
 RECORDED = REPO / "tests" / "data" / "recorded"
 ARTIFACTS = REPO / "outputs" / "test-artifacts"
+PRINT_WIDTH = 720
 
 LAYOUT = """() => {
   const cells = [...document.querySelectorAll('table td, table th')].map(c => c.innerText.trim());
@@ -64,6 +65,12 @@ def inspect(page_path: Path, name: str) -> dict:
                     found["pdf"] = pdf.read_bytes()
                     print(f"printed: {pdf}")
                 page.close()
+            # A4's printable width is about 720 CSS px: in print media nothing may stick out past it.
+            page = browser.new_page(viewport={"width": PRINT_WIDTH, "height": 1000})
+            page.goto(page_path.as_uri(), wait_until="load")
+            page.emulate_media(media="print")
+            found["print_width"] = page.evaluate("document.documentElement.scrollWidth")
+            page.close()
         finally:
             browser.close()
     return found
@@ -79,6 +86,7 @@ def assert_reads_well(found: dict) -> None:
         assert page["images"] and all(image["alt"].strip() and image["loaded"] for image in page["images"]), page["images"]
     assert found[390]["width"] <= 390, f"the page is {found[390]['width']} px wide on a 390 px screen"
     assert found["pdf"].startswith(b"%PDF") and found["pdf"].count(b"/Type /Page") >= 2
+    assert found["print_width"] <= PRINT_WIDTH, f"printed, the page is {found['print_width']} px wide"
 
 
 @pytest.fixture(scope="module")
@@ -159,5 +167,5 @@ def test_the_framework_table_opens_in_chromium_with_both_frameworks(tmp_path):
     for width in (1280, 390):
         assert found[width]["cut"] == [] and found[width]["indexColumns"] == [] and found[width]["errors"] == []
         assert found[width]["images"] and all(image["alt"] for image in found[width]["images"])
-    assert found[390]["width"] <= 390
+    assert found[390]["width"] <= 390 and found["print_width"] <= PRINT_WIDTH
     assert "vllm 0.26.0" in found[1280]["text"] and "sglang 0.5.16" in found[1280]["text"]

@@ -247,7 +247,7 @@ def test_compare_html_sets_two_recorded_runs_of_different_frameworks_side_by_sid
     assert f"framework table: {out}" in capsys.readouterr().out
     page = out.read_text()
     for expected in ("vllm 0.26.0", "sglang 0.5.16", "mem_fraction_static 0.15", "gpu_memory_utilization 0.15",
-                     "NVIDIA H200", "22,872", "2,793", "not recorded", "energy per output token (J)",
+                     "NVIDIA H200", "22,872", "2,793", "not recorded", "energy (J/token)",
                      'alt="Horizontal bar chart'):
         assert expected in page, expected
     assert page.count('<figure class="servelab-chart">') == 1

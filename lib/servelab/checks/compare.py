@@ -235,7 +235,7 @@ def framework_table(run_dirs: Sequence[Path]) -> tuple[pd.DataFrame, pd.DataFram
                 "success": _at_load(frame, "success_rate", "value", load),
                 f"idle {memory} MiB": idle.get(deployment.name),
                 f"peak {memory} MiB": top.get(deployment.name),
-                "energy per output token (J)": _energy_per_token(samples, frame, deployment.name),
+                "energy (J/token)": _energy_per_token(samples, frame, deployment.name),
             })
     table = pd.DataFrame(rows)
     ranked = table["best output (tok/s)"].notna()

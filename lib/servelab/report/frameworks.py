@@ -39,10 +39,13 @@ def framework_page(run_dirs: Sequence[Path]) -> str:
         )
     blocks.append(intro)
     blocks.append(Section("Conditions", slug="conditions").add(html_table(conditions)))
-    side = Section("Side by side", slug="side-by-side").add(html_table(table))
+    described = [c for c in ("model", "settings", "run") if c in table]
+    side = Section("Side by side", slug="side-by-side").add(html_table(table.drop(columns=described)))
     side.text("Energy is the device's energy split to each deployment by its SM utilization over the whole run, over "
               "the output tokens its own points generated; shown where NVML measured it.")
     blocks.append(side)
+    what = Section("What each row ran", slug="settings")
+    blocks.append(what.add(html_table(table[["deployment", "framework", *described]])))
     blocks.append(Section("Best throughput", slug="best-throughput").add(frameworks_chart(table)))
     runs = sorted({str(run) for run in table["run"]})
     return render("compare.html.j2", runs=runs, blocks=[Markup(b._repr_html_()) for b in blocks])
