@@ -131,3 +131,10 @@ def test_the_validity_panel_shows_engine_drift_where_the_run_measured_turns(tmp_
 
 def _frames(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     return frames.summary_frame(run_dir), frames.memory_frame(run_dir), frames.points_frame(run_dir)
+
+
+def test_the_report_page_and_the_charts_agree_on_the_class_the_export_counts() -> None:
+    from servelab.analyse import plots
+    from servelab.report import html
+
+    assert html.CHART_CLASS == plots.CHART_CLASS

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from servelab.analyse.plots import CHART_CLASS
 from servelab.errors import OutputsError
 from servelab.records import MANIFEST_FILE
 from servelab.report.display import table_html
@@ -21,6 +20,9 @@ TEMPLATES = Path(__file__).parent / "templates"
 # nbconvert's page loads require.js and MathJax from a CDN; the copies need neither and must open offline.
 REMOTE_SCRIPT = re.compile(r'<script src="https?://[^"]*"[^>]*>\s*</script>')
 SECTION = re.compile(r'<section class="report-section" id="([^"]+)"><h2>(.*?)</h2>')
+CHART_CLASS = "servelab-chart"
+"""The class of every chart's <figure> (`analyse.plots.Chart`); kept here too so that `servelab run` starts without
+importing matplotlib."""
 CHART = re.compile(rf'<figure class="{CHART_CLASS}"><img src="data:image/png;base64,([^"]*)" alt="([^"]*)">')
 UNRENDERED_FIGURE = re.compile(r"^<(Figure|Chart)\b|^Chart\(")
 MIN_PNG_BASE64 = 200
