@@ -7,6 +7,7 @@ test artifacts under outputs/test-artifacts/ and their paths printed."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -148,6 +149,11 @@ def test_the_recorded_gpu_report_made_under_agg_has_every_figure(recorded_gpu_re
     assert any(alt.startswith("Line charts of output tokens per second") for alt in alts)
     assert any(alt.startswith("Line charts of the p50, p90 and p99") for alt in alts)
     assert any(alt.startswith("Stacked area chart of GPU memory read by NVML") for alt in alts)
+    copies = sorted((recorded_gpu_report.parent / "notebooks").glob("*.html"))
+    assert [copy.stem for copy in copies] == ["03_gpu_memory", "04_report"]
+    for copy in copies:  # the executed notebooks beside the report, with their code: their figures are described too
+        images = re.findall(r"<img[^>]*>", copy.read_text(encoding="utf-8"))
+        assert images and all(re.search(r'alt="[^"]+"', image) for image in images), copy.name
 
 
 def test_the_recorded_gpu_report_ranks_the_three_models_and_shows_its_agreement(recorded_gpu_page):
