@@ -71,7 +71,9 @@ class PointProgress:
     point, its postfix counts the point's requests as `requests.jsonl` grows, so a long point shows it is moving."""
 
     def __init__(self, params: Params, run_dir: Path, interval_s: float = 0.5) -> None:
-        self.run_dir = run_dir
+        # Absolute: papermill runs each notebook inside `chdir(notebooks/)`, and a relative run folder would then
+        # point nowhere, so the bar would stand at 0 until the end.
+        self.run_dir = run_dir.resolve()
         self.interval_s = interval_s
         self._offset = 0
         self._requests: collections.Counter[str] = collections.Counter()

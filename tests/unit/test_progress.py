@@ -43,3 +43,19 @@ def test_progress_moves_per_point_and_counts_the_requests_of_the_running_point(t
             assert progress.bar.postfix == f"{second}: 3 requests"
     finally:
         progress.bar.close()
+
+
+def test_progress_follows_a_relative_run_folder_while_papermill_runs_in_another_directory(tmp_path: Path, monkeypatch) -> None:
+    """`servelab run` gives outputs/<run-id>, relative; papermill changes the directory to notebooks/ while a notebook
+    runs. The bar must still find the points (it stood at 0/9 through the whole demo sweep)."""
+    (tmp_path / "outputs" / "run").mkdir(parents=True)
+    (tmp_path / "notebooks").mkdir()
+    monkeypatch.chdir(tmp_path)
+    progress = PointProgress(embedded_params(), Path("outputs/run"))
+    try:
+        monkeypatch.chdir(tmp_path / "notebooks")
+        (tmp_path / "outputs" / "run" / POINTS_FILE).write_text(_point("smollm2/en/concurrency-2", "done"))
+        progress._refresh()
+        assert progress.bar.n == 1
+    finally:
+        progress.bar.close()
