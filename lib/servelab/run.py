@@ -18,6 +18,7 @@ from pathlib import Path
 
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from servelab.errors import OutputsError, ServelabError
 from servelab.manifest import read_manifest
@@ -81,6 +82,8 @@ class PointProgress:
         self.bar = tqdm(total=total, desc="load points", unit="point", initial=self._finished(), dynamic_ncols=True)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._follow, name="servelab-progress", daemon=True)
+        # Log lines go above the bar, not glued to its end.
+        self._logging = logging_redirect_tqdm()
 
     def _finished(self) -> int:
         if not (self.run_dir / POINTS_FILE).exists():
@@ -122,6 +125,7 @@ class PointProgress:
                 log.debug("progress: %s", error)
 
     def __enter__(self) -> PointProgress:
+        self._logging.__enter__()
         self._thread.start()
         return self
 
@@ -131,6 +135,7 @@ class PointProgress:
         self.bar.set_postfix_str("", refresh=False)
         self.bar.update(self._finished() - self.bar.n)
         self.bar.close()
+        self._logging.__exit__(None, None, None)
 
 
 def kernel_config(sockets: Path) -> object:
