@@ -110,6 +110,13 @@ def _compare(args: argparse.Namespace) -> int:
     if len(args.runs) < 2:
         raise ServelabError(f"compare needs two runs or more, got {len(args.runs)}: servelab compare RUN RUN [RUN ...]")
     runs = [_run_path(r, args.outputs) for r in args.runs]
+    if args.html:
+        from servelab.report.frameworks import framework_text, write_framework_page
+
+        written = write_framework_page(runs, Path(args.html))
+        print(framework_text(runs))
+        print(f"framework table: {written}")
+        return 0
     print(compare_runs(runs).to_string())
     return 0
 
@@ -246,6 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare = commands.add_parser("compare", help="put runs side by side (run folders, run ids, summary.csv, or vllm bench / GuideLLM JSON)")
     compare.add_argument("runs", nargs="+", metavar="RUN")
     compare.add_argument("--outputs", default="outputs")
+    compare.add_argument("--html", metavar="OUT", help="also write the framework table (frameworks, models, settings side by side) to this HTML file")
     compare.set_defaults(handler=_compare)
 
     export = commands.add_parser("export", help="write a run's load points as `vllm bench serve` result JSON or a GuideLLM report")

@@ -361,6 +361,17 @@ class Policy(Strict):
     max_error_rate: float = Field(0.5, ge=0, le=1, description="a point with more failed requests is marked failed")
 
 
+RANKING_FIGURES = ("output_tok_s", "total_tok_s", "req_s", "goodput_req_s", "ttft_ms", "tpot_ms", "e2e_ms")
+"""What the report may rank deployments by: a throughput (its best over the load points, higher first) or a latency
+(its median at the lowest load, lower first)."""
+
+
+class Report(Strict):
+    rank_by: Literal[RANKING_FIGURES] = Field(  # type: ignore[valid-type]
+        "output_tok_s", description="the figure the report's first table ranks deployments by"
+    )
+
+
 class Params(Strict):
     """A whole experiment."""
 
@@ -372,6 +383,7 @@ class Params(Strict):
     policy: Policy = Field(Policy(), description="what to do on failures (see policy)")
     slo: SloParams | None = Field(None, description="service-level objectives; with them summary.csv has goodput_req_s (see slo)")
     search: SearchParams = Field(SearchParams(), description="`servelab search`: the highest load meeting the SLOs (see search)")
+    report: Report = Field(Report(), description="how the report ranks (see report)")
 
     @model_validator(mode="after")
     def _unique_names_and_ports(self) -> Params:

@@ -7,21 +7,25 @@ with the code hidden.
 
 from __future__ import annotations
 
+import collections
 import logging
+import re
 import shutil
+import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from servelab.errors import OutputsError, ServelabError
 from servelab.manifest import read_manifest, read_params
 from servelab.measure.load import ensure_file_descriptors
 from servelab.measure.sweep import connections_needed, estimate_seconds, plan_points
 from servelab.params import Params, load_params
-from servelab.records import MANIFEST_FILE, POINTS_FILE, latest_points
+from servelab.records import MANIFEST_FILE, POINTS_FILE, REQUESTS_FILE, latest_points
 from servelab.report.html import export_report, write_index
 from servelab.secrets import redact_file
 from servelab.serve.deploy import stop_on_signals
@@ -31,6 +35,7 @@ log = logging.getLogger(__name__)
 
 NOTEBOOKS = ("01_deploy", "02_sweep", "03_gpu_memory", "04_report")
 NOTEBOOK_DIR = REPO / "notebooks"
+POINT_ID = re.compile(rb'"point_id": "([^"]*)"')
 
 
 class NotebookFailed(ServelabError):
@@ -63,34 +68,82 @@ def describe_grid(params: Params) -> str:
 
 
 class PointProgress:
-    """A progress bar over the grid's points, fed by `points.jsonl` while the sweep runs in its own kernel."""
+    """A progress bar over the grid's points, fed by `points.jsonl` while the sweep runs in its own kernel; within a
+    point, its postfix counts the point's requests as `requests.jsonl` grows, so a long point shows it is moving."""
 
     def __init__(self, params: Params, run_dir: Path, interval_s: float = 0.5) -> None:
-        self.run_dir = run_dir
+        # Absolute: papermill runs each notebook inside `chdir(notebooks/)`, and a relative run folder would then
+        # point nowhere, so the bar would stand at 0 until the end.
+        self.run_dir = run_dir.resolve()
         self.interval_s = interval_s
+        self._offset = 0
+        self._requests: collections.Counter[str] = collections.Counter()
         total = sum(len(point.deployments) for point in plan_points(params))
-        self.bar = tqdm(total=total, desc="load points", unit="point", initial=self._finished())
+        self.bar = tqdm(total=total, desc="load points", unit="point", initial=self._finished(), dynamic_ncols=True)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._follow, name="servelab-progress", daemon=True)
+        # Log lines go above the bar, not glued to its end.
+        self._logging = logging_redirect_tqdm()
 
     def _finished(self) -> int:
         if not (self.run_dir / POINTS_FILE).exists():
             return 0
         return sum(point.status != "started" for point in latest_points(self.run_dir).values())
 
+    def _running(self) -> str | None:
+        """The point the sweep is in now: the last one started and not yet ended."""
+        if not (self.run_dir / POINTS_FILE).exists():
+            return None
+        started = [point_id for point_id, point in latest_points(self.run_dir).items() if point.status == "started"]
+        return started[-1] if started else None
+
+    def _count_new_requests(self) -> None:
+        """Count the whole lines appended to requests.jsonl since the last look, per point."""
+        path = self.run_dir / REQUESTS_FILE
+        if not path.exists():
+            return
+        with open(path, "rb") as handle:
+            handle.seek(self._offset)
+            chunk = handle.read()
+        whole = chunk[: chunk.rfind(b"\n") + 1]
+        self._offset += len(whole)
+        self._requests.update(match.decode("utf-8", "replace") for match in POINT_ID.findall(whole))
+
+    def _refresh(self) -> None:
+        self._count_new_requests()
+        running = self._running()
+        if running is not None:
+            self.bar.set_postfix_str(f"{running}: {self._requests[running]} requests", refresh=False)
+        self.bar.update(self._finished() - self.bar.n)
+        self.bar.refresh()
+
     def _follow(self) -> None:
         while not self._stop.wait(self.interval_s):
-            self.bar.update(self._finished() - self.bar.n)
+            try:
+                self._refresh()
+            except OSError as error:  # a file being replaced under us: the next look will do
+                log.debug("progress: %s", error)
 
     def __enter__(self) -> PointProgress:
+        self._logging.__enter__()
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+        self.bar.set_postfix_str("", refresh=False)
         self.bar.update(self._finished() - self.bar.n)
         self.bar.close()
+        self._logging.__exit__(None, None, None)
+
+
+def kernel_config(sockets: Path) -> object:
+    """Kernels talk to papermill over Unix sockets in `sockets`: no TCP port is opened, so the kernel has nothing to
+    warn about ('running over TCP without encryption') and nothing listens on the network."""
+    from traitlets.config import Config
+
+    return Config({"KernelManager": {"transport": "ipc", "ip": str(sockets / "kernel")}})
 
 
 def execute_notebook(
@@ -101,26 +154,28 @@ def execute_notebook(
 
     executed = run_dir / "notebooks" / f"{name}.ipynb"
     executed.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        papermill.execute_notebook(
-            str(NOTEBOOK_DIR / f"{name}.ipynb"),
-            str(executed),
-            parameters={
-                "params_path": str(params_path.resolve()),
-                "run_dir": str(run_dir.resolve()),
-                "outputs_dir": str(outputs_dir.resolve()),
-                **(extra or {}),
-            },
-            kernel_name=kernel_name(),
-            cwd=str(NOTEBOOK_DIR),
-            progress_bar=False,
-            log_output=False,
-        )
-    except PapermillExecutionError as error:
-        redact_file(executed)
-        raise NotebookFailed(
-            f"notebook {name} failed: {error.ename}: {error.evalue}\nthe executed notebook is kept at {executed}"
-        ) from None
+    with tempfile.TemporaryDirectory(prefix="servelab-kernel-") as sockets:
+        try:
+            papermill.execute_notebook(
+                str(NOTEBOOK_DIR / f"{name}.ipynb"),
+                str(executed),
+                parameters={
+                    "params_path": str(params_path.resolve()),
+                    "run_dir": str(run_dir.resolve()),
+                    "outputs_dir": str(outputs_dir.resolve()),
+                    **(extra or {}),
+                },
+                kernel_name=kernel_name(),
+                cwd=str(NOTEBOOK_DIR),
+                progress_bar=False,
+                log_output=False,
+                config=kernel_config(Path(sockets)),
+            )
+        except PapermillExecutionError as error:
+            redact_file(executed)
+            raise NotebookFailed(
+                f"notebook {name} failed: {error.ename}: {error.evalue}\nthe executed notebook is kept at {executed}"
+            ) from None
     redact_file(executed)
     return executed
 

@@ -60,10 +60,11 @@ def test_every_plot_image_in_the_report_loaded(opened_report):
     assert all(image["complete"] and image["width"] > 0 for image in images), images
 
 
-def test_report_shows_the_key_results_table_and_no_code(opened_report):
+def test_report_answers_first_with_the_ranked_table_and_shows_no_code(opened_report):
     text = opened_report["text"]
-    assert "Key results" in text
-    assert "best output tok/s" in text
+    assert "Which deployment gives what" in text
+    assert "best output (tok/s)" in text
+    assert text.index("Which deployment gives what") < text.index("Can these numbers be trusted?")
     assert "import servelab" not in text
 
 

@@ -75,7 +75,7 @@ class Tables(HTMLParser):
 
 
 def test_report_html_marks_failed_and_partial_points_with_error_rates_by_class(tmp_path):
-    """Expectation: report.html's 'Failures and warnings' table has one row per failed or partial point: the two
+    """Expectation: report.html's 'Failures' table has one row per failed or partial point: the two
     finished points are 'failed' (their error rate is above max_error_rate 0.2), the point the crash cut short
     is 'partial: never finished', and each row gives the error rate overall and per class
     (connection_reset, http_5xx), equal to the records on disk (failed of that class / measured requests)."""
@@ -105,8 +105,14 @@ def test_report_html_marks_failed_and_partial_points_with_error_rates_by_class(t
         mine = [r for r in measured if r.point_id == point_id]
         by_class = collections.Counter(r.error_class for r in mine if not r.ok)
         assert int(row["requests"]) == len(mine) and int(row["errors"]) == sum(by_class.values())
-        assert float(row["error rate"]) == pytest.approx(sum(by_class.values()) / len(mine), abs=0.0005)
+        assert fraction(row["error rate"]) == pytest.approx(sum(by_class.values()) / len(mine), abs=0.0005)
         for error_class in ("connection_reset", "http_5xx"):
-            assert float(row[f"error rate: {error_class}"]) == pytest.approx(by_class[error_class] / len(mine), abs=0.0005)
-    assert sum(float(rows[p]["error rate: connection_reset"]) > 0 for p in rows) >= 2
-    assert sum(float(rows[p]["error rate: http_5xx"]) > 0 for p in rows) >= 2
+            assert fraction(row[f"error rate: {error_class}"]) == pytest.approx(by_class[error_class] / len(mine), abs=0.0005)
+    assert sum(fraction(rows[p]["error rate: connection_reset"]) > 0 for p in rows) >= 2
+    assert sum(fraction(rows[p]["error rate: http_5xx"]) > 0 for p in rows) >= 2
+
+
+def fraction(cell: str) -> float:
+    """A rate as the report shows it ('33.3 %') as a fraction (0.333)."""
+    assert cell.endswith(" %"), f"a rate is shown as a percentage, got {cell!r}"
+    return float(cell.removesuffix(" %")) / 100

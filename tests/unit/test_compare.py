@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -232,3 +233,41 @@ def test_the_cli_takes_three_runs_by_id_and_refuses_one(tmp_path, capsys):
     assert "ratio_b" in printed and "ratio_c" in printed
     assert main(["compare", "a", "--outputs", str(tmp_path)]) == 2
     assert "two runs or more" in capsys.readouterr().err
+
+
+RECORDED = Path(__file__).parents[1] / "data" / "recorded"
+
+
+def test_compare_html_sets_two_recorded_runs_of_different_frameworks_side_by_side(tmp_path, capsys):
+    """The recorded vLLM co-located run and the recorded SGLang run (tests/data/recorded/README.md): one row per
+    deployment with its framework version, settings and memory; same GPU and grid, so one set of conditions."""
+    out = tmp_path / "frameworks.html"
+    runs = [str(RECORDED / "h200-vllm-colocated-run"), str(RECORDED / "h200-sglang-run")]
+    assert main(["compare", *runs, "--html", str(out)]) == 0
+    assert f"framework table: {out}" in capsys.readouterr().out
+    page = out.read_text()
+    for expected in ("vllm 0.26.0", "sglang 0.5.16", "mem_fraction_static 0.15", "gpu_memory_utilization 0.15",
+                     "NVIDIA H200", "22,872", "2,793", "not recorded", "energy (J/token)",
+                     'alt="Horizontal bar chart'):
+        assert expected in page, expected
+    assert page.count('<figure class="servelab-chart">') == 1
+
+
+def test_the_framework_table_ranks_only_rows_of_equal_conditions(tmp_path):
+    from servelab.checks.compare import framework_table
+
+    other = tmp_path / "other-gpu"
+    shutil.copytree(RECORDED / "h200-vllm-colocated-run", other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["gpu"]["devices"][0]["name"] = "NVIDIA H100"
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    table, conditions = framework_table([RECORDED / "h200-vllm-colocated-run", other])
+    assert list(conditions["GPU"]) == ["NVIDIA H200", "NVIDIA H100"]
+    assert sorted(table.loc[table["conditions"] == "A", "rank"]) == [1, 2, 3]
+    assert sorted(table.loc[table["conditions"] == "B", "rank"]) == [1, 2, 3], "an H100 row is never ranked against an H200 row"
+
+
+def test_compare_html_refuses_a_result_file_that_is_not_a_run_folder(tmp_path, capsys):
+    first = write_run(tmp_path / "a", 1.0)
+    assert main(["compare", str(first), str(GUIDELLM_SAMPLE), "--html", str(tmp_path / "x.html")]) == 2
+    assert "not a servelab run folder" in capsys.readouterr().err

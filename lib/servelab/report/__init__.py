@@ -1,1 +1,1 @@
-"""Report: the stakeholder tables and the HTML report."""
+"""Report: the stakeholder tables (`tables`), the sections of the report (`sections.RunReport`) and its HTML (`html`)."""
