@@ -256,8 +256,9 @@ def test_one_ollama_serve_with_two_models_flags_the_spilled_one_on_recorded_shap
     checks = memory_tables.loaded_models(run_dir, pd.DataFrame()).reset_index()
     assert checks.groupby("model")["spilled_to_cpu"].all().to_dict() == {"qwen2.5:7b": True, "tinyllama:1.1b": False}
     assert (checks[checks["model"] == "qwen2.5:7b"]["on_gpu_pct"] == 53.0).all()
-    warnings = report_tables.warnings(run_dir, summary_frame(run_dir), pd.DataFrame())["warning"].tolist()
-    flagged = [w for w in warnings if "spilled to the CPU" in w]
+    checks_shown = report_tables.validity(run_dir, summary_frame(run_dir), pd.DataFrame(), pd.DataFrame())
+    flagged = [c.finding for c in checks_shown if c.check == "Ollama models on the CPU"]
     assert len(flagged) == 1 and flagged[0].startswith("qwen2.5:7b (served for qwen)") and "3,072 of its 5,798 MiB" in flagged[0]
+    assert "spilled to the CPU" in flagged[0]
     assert json.loads((run_dir / LOADED_MODELS_FILE).read_text().splitlines()[0])["schema_version"] >= 1
     assert (run_dir / POINTS_FILE).exists()
