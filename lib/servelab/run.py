@@ -8,22 +8,23 @@ with the code hidden.
 from __future__ import annotations
 
 import logging
-import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 from tqdm.auto import tqdm
 
 from servelab.errors import OutputsError, ServelabError
-from servelab.manifest import read_manifest
+from servelab.manifest import read_manifest, update_manifest
 from servelab.measure.load import ensure_file_descriptors
 from servelab.measure.sweep import connections_needed, estimate_seconds, plan_points
-from servelab.params import Params, load_params
+from servelab.params import Params, load_params, read_params_data
+from servelab.preflight import check_memory, check_prompts_file
 from servelab.records import MANIFEST_FILE, POINTS_FILE, latest_points
 from servelab.report.html import export_report, write_index
-from servelab.secrets import redact_file
+from servelab.secrets import redact_file, redact_tree, use_run_secrets
 from servelab.serve.deploy import stop_on_signals
 from servelab.session import REPO, create_run, lab
 
@@ -41,6 +42,16 @@ class NotebookFailed(ServelabError):
 class RunResult:
     run_dir: Path
     report: Path
+    failure: str | None = None
+    """Why the run failed as a whole (its error rate passed policy.max_error_rate), or None."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run: carries the run folder, so the message can name the id that `--resume` takes."""
+
+    def __init__(self, run_dir: Path) -> None:
+        super().__init__(run_dir.name)
+        self.run_dir = run_dir
 
 
 def kernel_name() -> str:
@@ -143,8 +154,13 @@ def run(
     outputs_dir: str | Path = "outputs",
     resume: str | None = None,
     notebooks: tuple[str, ...] = NOTEBOOKS,
+    total_mib: float | None = None,
+    dotenv: Path | None = Path(".env"),
 ) -> RunResult:
-    """Run the notebooks over one params file; `resume` names a run id (or folder) to complete."""
+    """Run the notebooks over one params file; `resume` names a run id (or folder) to complete.
+
+    Before anything starts, the prompts file and the memory plan are checked (against `total_mib`, else the local
+    GPU); `dotenv`'s values reach the engines, and every secret_env and .env value is redacted from the run folder."""
     outputs = Path(outputs_dir)
     run_dir = None
     if resume:
@@ -152,15 +168,46 @@ def run(
         if not run_dir.is_dir():
             raise ServelabError(f"--resume {resume}: no run folder {run_dir}; `ls {outputs}` lists the runs")
     params = load_params(params_path)
-    ensure_file_descriptors(connections_needed(params))  # before the run folder exists: nothing half-made
+    # Before the run folder exists: nothing half-made, no server started.
+    check_prompts_file(params, str(params_path), also_from=NOTEBOOK_DIR)
+    check_memory(params, total_mib)
+    ensure_file_descriptors(connections_needed(params))
+    secrets = use_run_secrets((name for d in params.deployments for name in d.secret_env), dotenv)
     run_dir = create_run(params, params_path, run_dir, outputs)
-    if not (run_dir / "params.yaml").exists():
-        shutil.copy2(params_path, run_dir / "params.yaml")
-    log.info("run folder: %s", run_dir)
-    with stop_on_signals(), lab(params, run_dir), PointProgress(params, run_dir):
-        for name in notebooks:
-            log.info("executing notebook %s", name)
-            execute_notebook(name, run_dir, Path(params_path), outputs)
-    report = export_report(run_dir)
-    write_index(outputs)
-    return RunResult(run_dir=run_dir, report=report)
+    try:
+        if not (run_dir / "params.yaml").exists():
+            # The data, not the file: a comment (where a pasted key may hide) is not copied.
+            (run_dir / "params.yaml").write_text(yaml.safe_dump(read_params_data(params_path), sort_keys=False, allow_unicode=True))
+        log.info("run folder: %s", run_dir)
+        try:
+            with stop_on_signals(), lab(params, run_dir), PointProgress(params, run_dir):
+                for name in notebooks:
+                    log.info("executing notebook %s", name)
+                    execute_notebook(name, run_dir, Path(params_path), outputs)
+        except KeyboardInterrupt:
+            raise RunInterrupted(run_dir) from None
+        failure = record_outcome(params, run_dir)
+        report = export_report(run_dir)
+        write_index(outputs)
+    finally:
+        redact_tree(run_dir, secrets)
+        redact_file(outputs / "index.html", secrets)
+    return RunResult(run_dir=run_dir, report=report, failure=failure)
+
+
+def record_outcome(params: Params, run_dir: Path) -> str | None:
+    """Judge the run as a whole and write the verdict into manifest.json (`outcome`): failed when its measured
+    requests failed more often than policy.max_error_rate, else done. Returns why it failed, or None."""
+    points = latest_points(run_dir)
+    requests = sum(point.requests for point in points.values())
+    errors = sum(point.errors for point in points.values())
+    failed_points = sorted(point_id for point_id, point in points.items() if point.status in ("failed", "aborted"))
+    limit = params.policy.max_error_rate
+    failure = None
+    if points and (requests == 0 or errors / requests > limit):
+        rate = f"{errors} of {requests} measured requests failed ({errors / requests:.0%})" if requests else "no request was measured"
+        failure = f"{rate}, above policy.max_error_rate {limit:g}; the failed points: {', '.join(failed_points) or 'none'}"
+    outcome = {"status": "failed" if failure else "done", "reason": failure, "requests": requests, "errors": errors,
+               "max_error_rate": limit, "failed_points": failed_points}
+    update_manifest(run_dir, outcome=outcome)
+    return failure

@@ -16,8 +16,9 @@ REPORT_FILE = "report.html"
 REMOTE_SCRIPT = re.compile(r'<script src="https?://[^"]*"[^>]*>\s*</script>')
 
 
-def export_html(notebook: Path, destination: Path, hide_code: bool = True) -> Path:
-    """Convert an executed notebook to one self-contained HTML file (images inline), code hidden by default."""
+def export_html(notebook: Path, destination: Path, hide_code: bool = True, banner: str = "") -> Path:
+    """Convert an executed notebook to one self-contained HTML file (images inline), code hidden by default;
+    `banner` (HTML) goes first in the page."""
     import nbformat
     from nbconvert import HTMLExporter
 
@@ -29,6 +30,8 @@ def export_html(notebook: Path, destination: Path, hide_code: bool = True) -> Pa
     body = REMOTE_SCRIPT.sub("", body)
     title = html.escape(f"servelab: {notebook.parent.parent.name}")
     body = body.replace("<title>Notebook</title>", f"<title>{title}</title>", 1)
+    if banner:
+        body = re.sub(r"(<body[^>]*>)", lambda match: match.group(1) + banner, body, count=1)
     try:
         destination.write_text(redact(body), encoding="utf-8")
     except OSError as error:
@@ -44,7 +47,22 @@ def export_report(run_dir: Path) -> Path:
     source = executed / "04_report.ipynb"
     if not source.exists():
         raise OutputsError(f"{source} is missing: run the 04_report notebook first (`servelab run` does)")
-    return export_html(source, run_dir / REPORT_FILE)
+    return export_html(source, run_dir / REPORT_FILE, banner=outcome_banner(run_dir))
+
+
+def outcome_banner(run_dir: Path) -> str:
+    """A line for the top of the report when the run failed as a whole (manifest.json's `outcome`), else ''."""
+    try:
+        outcome = json.loads((run_dir / MANIFEST_FILE).read_text(encoding="utf-8")).get("outcome") or {}
+    except (OSError, ValueError):
+        return ""
+    if outcome.get("status") != "failed":
+        return ""
+    reason = html.escape(str(outcome.get("reason") or "see the failures table"))
+    return (
+        '<p id="run-outcome" style="background:#fde2e1;border:2px solid #b3261e;padding:0.6em 1em;font-weight:bold">'
+        f"This run FAILED: {reason}. Its figures describe errors, not a server's performance.</p>"
+    )
 
 
 def write_index(outputs_dir: Path) -> Path:
