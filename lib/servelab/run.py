@@ -7,8 +7,12 @@ with the code hidden.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
+import sys
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -180,7 +184,7 @@ def run(
             (run_dir / "params.yaml").write_text(yaml.safe_dump(read_params_data(params_path), sort_keys=False, allow_unicode=True))
         log.info("run folder: %s", run_dir)
         try:
-            with stop_on_signals(), lab(params, run_dir), PointProgress(params, run_dir):
+            with quiet_interrupt(), stop_on_signals(), lab(params, run_dir), PointProgress(params, run_dir):
                 for name in notebooks:
                     log.info("executing notebook %s", name)
                     execute_notebook(name, run_dir, Path(params_path), outputs)
@@ -193,6 +197,35 @@ def run(
         redact_tree(run_dir, secrets)
         redact_file(outputs / "index.html", secrets)
     return RunResult(run_dir=run_dir, report=report, failure=failure)
+
+
+NOISY_ON_INTERRUPT = ("papermill", "nbclient", "traitlets", "asyncio", "tornado", "jupyter_client")
+"""Loggers that report Ctrl-C's teardown of a kernel client as errors (nbclient's DeadKernelError, "Kernel died")."""
+
+
+@contextlib.contextmanager
+def quiet_interrupt() -> Iterator[None]:
+    """Ctrl-C while a notebook runs tears papermill's kernel client down mid-message, and papermill, nbclient,
+    asyncio and ZMQ's sockets (at exit: "Socket operation on non-socket") each report that with a traceback,
+    around servelab's one clear line. On SIGINT those reporters are silenced first, then KeyboardInterrupt is
+    raised as usual, so the servers still stop and the records stay. With --debug (servelab's DEBUG level)
+    nothing is silenced."""
+    if logging.getLogger("servelab").isEnabledFor(logging.DEBUG) or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_interrupt(signum: int, frame: object) -> None:
+        for name in NOISY_ON_INTERRUPT:
+            logging.getLogger(name).disabled = True
+        threading.excepthook = lambda args: None
+        sys.unraisablehook = lambda unraisable: None
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def record_outcome(params: Params, run_dir: Path) -> str | None:
