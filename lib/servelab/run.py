@@ -238,8 +238,12 @@ def record_outcome(params: Params, run_dir: Path) -> str | None:
     limit = params.policy.max_error_rate
     failure = None
     if points and (requests == 0 or errors / requests > limit):
-        rate = f"{errors} of {requests} measured requests failed ({errors / requests:.0%})" if requests else "no request was measured"
-        failure = f"{rate}, above policy.max_error_rate {limit:g}; the failed points: {', '.join(failed_points) or 'none'}"
+        rate = (
+            f"{errors} of {requests} measured requests failed ({errors / requests:.0%}), above policy.max_error_rate {limit:g}"
+            if requests
+            else "no request was measured"
+        )
+        failure = f"{rate}; the failed points: {', '.join(failed_points) or 'none'}"
     outcome = {"status": "failed" if failure else "done", "reason": failure, "requests": requests, "errors": errors,
                "max_error_rate": limit, "failed_points": failed_points}
     update_manifest(run_dir, outcome=outcome)

@@ -101,3 +101,16 @@ def test_a_crlf_split_between_two_reads_is_one_line_end_not_two():
     stream.close(2)
     stream.check_complete()
     assert (record.chunk_count, record.output_chars, stream.finished) == (1, 1, True)
+
+
+def test_an_event_with_a_name_but_no_data_is_not_an_error_unless_it_is_named_error():
+    """Expectation: `event: ping` and a blank line (no data: nothing to dispatch, per the SSE specification) is
+    ignored, while `event: error` without data is still an error; a stand-in stream fed to the SSE parser."""
+    from servelab.measure.clients import _SseStream, _StreamError
+
+    record = RequestRecord("p", 0, "fake", "vllm", "emitter", "en", False, 0)
+    stream = _SseStream(record, keep_text=False)
+    stream.feed(b'event: ping\n\ndata: {"choices":[{"text":"a","finish_reason":"length"}]}\n\n', 1)
+    stream.check_complete()
+    with pytest.raises(_StreamError, match="in-stream error event"):
+        _SseStream(record, keep_text=False).feed(b"event: error\n\n", 1)

@@ -235,6 +235,15 @@ _decode_json = json.JSONDecoder().decode
 """json.loads less its bytes-encoding detection: the slow path of every event."""
 
 
+def _lf_line_ends(buffer: bytes) -> tuple[bytes, bytes]:
+    """CRLF and bare CR line ends (both legal in SSE) as LF, and a CR that ends `buffer`, held back: its LF may
+    come in the next read, and CR LF is one line end, not two."""
+    held = b"\r" if buffer[-1:] == b"\r" else b""
+    if held:
+        buffer = buffer[:-1]
+    return buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n"), held
+
+
 class _SseStream(_Stream):
     """OpenAI-style server-sent events; `data:` lines of one event are joined, a blank line ends it."""
 
@@ -242,16 +251,16 @@ class _SseStream(_Stream):
         super().__init__(record, keep_text)
         self._data: list[bytes] = []
         self._event_name: bytes | None = None
-        self._held_cr = b""
         self.done = False
 
     def feed(self, data: bytes, t: int) -> None:
         # The hot loop of a run, inlined: one split per network read, then a prefix test per line.
         buffer = self._tail + data if self._tail else data
+        held = b""
         if b"\r" in buffer:
-            buffer = self._lf_line_ends(buffer)
+            buffer, held = _lf_line_ends(buffer)
         lines = buffer.split(b"\n")
-        self._tail = lines.pop() + self._held_cr
+        self._tail = lines.pop() + held
         pending = self._data
         for line in lines:
             if line[:5] == b"data:":
@@ -261,20 +270,12 @@ class _SseStream(_Stream):
                     payload = pending[0] if len(pending) == 1 else b"\n".join(pending)
                     pending.clear()
                     self.event(payload, t)
-                elif self._event_name is not None:
+                elif self._event_name == b"error":  # an error event without data is still an error
                     self.event(b"", t)
                 self._event_name = None
             elif line[:6] == b"event:":
                 self._event_name = line[6:].strip()
             # Comments (':'), 'id:' and 'retry:' carry nothing we measure.
-
-    def _lf_line_ends(self, buffer: bytes) -> bytes:
-        """CRLF and bare CR line ends (both legal in SSE) as LF. A CR that ends the read is held back: its LF
-        may come in the next read, and CR LF is one line end, not two."""
-        self._held_cr = b"\r" if buffer[-1:] == b"\r" else b""
-        if self._held_cr:
-            buffer = buffer[:-1]
-        return buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
 
     def close(self, t: int) -> None:
         self.feed(b"\n\n", t)
