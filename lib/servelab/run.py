@@ -77,6 +77,30 @@ def describe_grid(params: Params) -> str:
     return "\n".join(lines)
 
 
+class ConsoleOrNothing:
+    """stderr for the progress bar, or nothing once it is gone. tqdm takes its lock, writes, and releases it
+    without a `finally`: a write that raises (the reader of a piped stderr went away) leaves the lock held, and
+    the next update waits for ever, servers and all. Here a failed write is dropped instead."""
+
+    def __init__(self) -> None:
+        self.broken = False
+
+    def write(self, text: str) -> int:
+        if not self.broken:
+            try:
+                return sys.stderr.write(text)
+            except (OSError, ValueError):  # a broken pipe, or a closed file
+                self.broken = True
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.broken:
+            try:
+                sys.stderr.flush()
+            except (OSError, ValueError):
+                self.broken = True
+
+
 class PointProgress:
     """A progress bar over the grid's points, fed by `points.jsonl` while the sweep runs in its own kernel."""
 
@@ -84,7 +108,7 @@ class PointProgress:
         self.run_dir = run_dir
         self.interval_s = interval_s
         total = sum(len(point.deployments) for point in plan_points(params))
-        self.bar = tqdm(total=total, desc="load points", unit="point", initial=self._finished())
+        self.bar = tqdm(total=total, desc="load points", unit="point", initial=self._finished(), file=ConsoleOrNothing())
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._follow, name="servelab-progress", daemon=True)
 
