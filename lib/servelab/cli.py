@@ -12,28 +12,41 @@ from pathlib import Path
 from servelab.errors import ServelabError
 
 log = logging.getLogger("servelab")
+RUN_FAILED = 1
+"""Exit status of a run that finished but failed as a whole (error rate above policy.max_error_rate)."""
+DOES_NOT_FIT = 1
+"""Exit status of `servelab plan` when the deployments do not fit the GPU."""
 
 
 def _run(args: argparse.Namespace) -> int:
     from servelab.params import load_params
-    from servelab.run import describe_grid, run
+    from servelab.preflight import check_memory, check_prompts_file, check_total_mib
+    from servelab.run import NOTEBOOK_DIR, describe_grid, run
 
+    total_mib = check_total_mib(args.total_mib)
     if args.dry_run and args.cluster:
         from servelab.cluster import describe_groups
 
         print(describe_groups(load_params(args.params), args.gpu_resource))
         return 0
     if args.dry_run:
-        print(describe_grid(load_params(args.params)))
+        params = load_params(args.params)
+        print(describe_grid(params))
+        check_prompts_file(params, args.params, also_from=NOTEBOOK_DIR)
+        memory = check_memory(params, total_mib)
+        print(memory if memory is not None else "memory: not checked (no GPU here; --total-mib N checks against N MiB)")
         return 0
     if args.cluster:
         from servelab.cluster import run_on_cluster
 
         result = run_on_cluster(args.params, args.cluster, args.outputs, args.resume, args.gpu_resource)
     else:
-        result = run(args.params, outputs_dir=args.outputs, resume=args.resume)
+        result = run(args.params, outputs_dir=args.outputs, resume=args.resume, total_mib=total_mib)
     print(f"run folder: {result.run_dir}")
     print(f"report: {result.report}")
+    if result.failure:
+        print(f"servelab: the run failed: {result.failure}", file=sys.stderr)
+        return RUN_FAILED
     return 0
 
 
@@ -83,9 +96,11 @@ def _lab(args: argparse.Namespace) -> int:
 
 def _validate(args: argparse.Namespace) -> int:
     from servelab.params import load_params
+    from servelab.preflight import check_prompts_file
 
     for path in args.params:
         params = load_params(path)
+        check_prompts_file(params, path)
         print(f"{path}: ok ({len(params.deployments)} deployment(s))")
     return 0
 
@@ -162,12 +177,16 @@ def _calibrate(args: argparse.Namespace) -> int:
 def _plan(args: argparse.Namespace) -> int:
     from servelab.observe.nvml import device_total_mib
     from servelab.params import load_params
+    from servelab.preflight import check_total_mib
     from servelab.serve.planner import format_plan, plan
 
     params = load_params(args.params)
-    total_mib = args.total_mib if args.total_mib is not None else device_total_mib(params.memory.device_index)
-    print(format_plan(plan(params, total_mib=total_mib)))
-    return 0
+    total_mib = check_total_mib(args.total_mib)
+    if total_mib is None:
+        total_mib = device_total_mib(params.memory.device_index)
+    result = plan(params, total_mib=total_mib)
+    print(format_plan(result))
+    return 0 if result.fits else DOES_NOT_FIT
 
 
 def _schema(args: argparse.Namespace) -> int:
@@ -190,7 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("params", help="a params YAML file, e.g. params/demo.yaml")
     run.add_argument("--outputs", default="outputs", help="where run folders go (default: outputs)")
     run.add_argument("--resume", metavar="RUN_ID", help="complete an interrupted run instead of starting a new one")
-    run.add_argument("--dry-run", action="store_true", help="print the grid and an estimated duration, run nothing")
+    run.add_argument("--dry-run", action="store_true", help="print the grid, an estimated duration and the memory plan, run nothing")
+    run.add_argument("--total-mib", type=float, default=None, help="check the memory plan against this GPU size; default: the local GPU's")
     run.add_argument(
         "--cluster", metavar="ADDRESS",
         help="run each co-location group as a Ray task on a node of this Ray cluster (host:port, or auto); needs .[cluster]",
@@ -300,8 +320,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"servelab: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("servelab: interrupted; completed requests are on disk, continue with --resume RUN_ID", file=sys.stderr)
+    except KeyboardInterrupt as interrupt:
+        run_dir = getattr(interrupt, "run_dir", None)
+        resume = f"`servelab run {args.params} --resume {run_dir.name}`" if run_dir is not None else "--resume RUN_ID"
+        print(f"servelab: interrupted; completed requests are on disk, continue with {resume}", file=sys.stderr)
         return 130
     except BrokenPipeError:
         # The reader went away (`servelab compare A B | head`): not an error of ours, and nothing left to say.

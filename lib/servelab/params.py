@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from servelab.errors import ParamsError
-from servelab.secrets import SECRET_KEY, SECRET_VALUE, redact
+from servelab.secrets import SECRET_FLAG, SECRET_KEY, SECRET_VALUE, redact
 
 LANGUAGES = ("en", "ko", "zh", "ja", "es")
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,47}$"
@@ -25,6 +25,18 @@ MAX_LOAD_POINTS = 10_000
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_booleans_as_numbers(cls, data: Any) -> Any:
+        # pydantic reads `true` as 1 wherever a number goes: `values: [true]` would be concurrency 1.
+        if isinstance(data, dict):
+            for name, value in data.items():
+                field = cls.model_fields.get(name) if isinstance(name, str) else None
+                listed = isinstance(value, list | tuple) and any(isinstance(v, bool) for v in value)
+                if field is not None and (isinstance(value, bool) or listed) and "bool" not in str(field.annotation):
+                    raise ValueError(f"{name}: {value!r} holds true/false where a number goes; write the number itself")
+        return data
 
 
 # ----------------------------------------------------------------------------------------------- engines
@@ -171,6 +183,19 @@ class Deployment(Strict):
                     f"env key {key!r} looks like a secret; name it in secret_env and set it in the environment or .env"
                 )
         return env
+
+    @field_validator("engine")
+    @classmethod
+    def _no_secret_flags(cls, engine: Any) -> Any:
+        for flag in engine.extra_args:
+            if SECRET_FLAG.search(flag):
+                name = flag.split("=", 1)[0]
+                raise ValueError(
+                    f"extra_args flag {name!r} passes a secret on the command line, where it lands in the manifest "
+                    f"and in `ps`; set the engine's environment variable for it instead (e.g. VLLM_API_KEY, "
+                    f"LLAMA_ARG_API_KEY) in the environment or .env, and name it in secret_env"
+                )
+        return engine
 
 
 # ----------------------------------------------------------------------------------------------- load
@@ -427,14 +452,29 @@ def _masked(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: "***" if isinstance(k, str) and SECRET_KEY.search(k) else _masked(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_masked(v) for v in value]
+        # A secret flag's value follows it ('--api-key', 'VALUE') or is joined to it ('--api-key=VALUE').
+        after_flag = [i > 0 and isinstance(value[i - 1], str) and bool(SECRET_FLAG.search(value[i - 1])) for i in range(len(value))]
+        return [
+            "***" if hidden else (v.split("=", 1)[0] + "=***" if isinstance(v, str) and "=" in v and SECRET_FLAG.search(v) else _masked(v))
+            for v, hidden in zip(value, after_flag, strict=True)
+        ]
     return value
+
+
+def _without_echoes(problems: list[Any]) -> list[Any]:
+    """Leave out a list's 'too short' problem when one of its items has its own: pydantic counts a list whose
+    only item failed as empty, which adds a misleading 'Tuple should have at least 1 item' line."""
+    failed_inside = [tuple(p["loc"]) for p in problems]
+    return [
+        p for p in problems
+        if not (p["type"] == "too_short" and p.get("input") and any(loc[: len(p["loc"])] == tuple(p["loc"]) and len(loc) > len(p["loc"]) for loc in failed_inside))
+    ]
 
 
 def format_validation_error(error: ValidationError, source: str) -> str:
     """One line per problem: file, key path, bad value (secrets masked), and what is allowed."""
 
-    problems = error.errors()
+    problems = _without_echoes(error.errors())
     lines = [f"{source}: {len(problems)} problem(s) in the params"]
     for problem in problems[:MAX_PROBLEMS_SHOWN]:
         path = _key_path(tuple(problem["loc"]))
@@ -499,6 +539,31 @@ def parse_params(data: Any, source: str = "<params>") -> Params:
 MAX_PARAMS_BYTES = 1_000_000
 
 
+class DuplicateKey(yaml.YAMLError):
+    """A mapping names the same key twice; YAML keeps the last silently, so we refuse."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
+            line = key_node.start_mark.line + 1
+            if isinstance(key, str | int | float | bool) and key in seen:
+                raise DuplicateKey(
+                    f"key {key!r} appears twice in one mapping (lines {seen[key]} and {line}); YAML would keep only "
+                    f"the last: delete one"
+                )
+            if isinstance(key, str | int | float | bool):
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_params_data(path: str | Path) -> Any:
+    """The YAML data of a params file, comments gone and repeated keys refused (for the run's own copy)."""
+    return yaml.load(Path(path).read_bytes(), Loader=_UniqueKeyLoader)  # noqa: S506 (SafeLoader underneath)
+
+
 def load_params(path: str | Path) -> Params:
     """Read and validate a params YAML file; raises ParamsError with the file, key path, value and fix."""
     path = Path(path)
@@ -511,7 +576,9 @@ def load_params(path: str | Path) -> Params:
     if len(text) > MAX_PARAMS_BYTES:
         raise ParamsError(f"{path}: {len(text)} bytes is too large for a params file (limit {MAX_PARAMS_BYTES})")
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader that refuses repeated keys)
+    except DuplicateKey as error:
+        raise ParamsError(f"{path}: {error}") from None
     except yaml.YAMLError as error:
         raise ParamsError(f"{path}: not valid YAML: {error}") from None
     except RecursionError:

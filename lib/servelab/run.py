@@ -8,26 +8,31 @@ with the code hidden.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import re
-import shutil
+import signal
+import sys
 import tempfile
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from servelab.errors import OutputsError, ServelabError
-from servelab.manifest import read_manifest, read_params
+from servelab.manifest import read_manifest, read_params, update_manifest
 from servelab.measure.load import ensure_file_descriptors
 from servelab.measure.sweep import connections_needed, estimate_seconds, plan_points
-from servelab.params import Params, load_params
+from servelab.params import Params, load_params, read_params_data
+from servelab.preflight import check_memory, check_prompts_file
 from servelab.records import MANIFEST_FILE, POINTS_FILE, REQUESTS_FILE, latest_points
 from servelab.report.html import export_report, write_index
-from servelab.secrets import redact_file
+from servelab.secrets import redact_file, redact_tree, use_run_secrets
 from servelab.serve.deploy import stop_on_signals
 from servelab.session import REPO, create_run, lab
 
@@ -46,6 +51,16 @@ class NotebookFailed(ServelabError):
 class RunResult:
     run_dir: Path
     report: Path
+    failure: str | None = None
+    """Why the run failed as a whole (its error rate passed policy.max_error_rate), or None."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run: carries the run folder, so the message can name the id that `--resume` takes."""
+
+    def __init__(self, run_dir: Path) -> None:
+        super().__init__(run_dir.name)
+        self.run_dir = run_dir
 
 
 def kernel_name() -> str:
@@ -67,6 +82,30 @@ def describe_grid(params: Params) -> str:
     return "\n".join(lines)
 
 
+class ConsoleOrNothing:
+    """stderr for the progress bar, or nothing once it is gone. tqdm takes its lock, writes, and releases it
+    without a `finally`: a write that raises (the reader of a piped stderr went away) leaves the lock held, and
+    the next update waits for ever, servers and all. Here a failed write is dropped instead."""
+
+    def __init__(self) -> None:
+        self.broken = False
+
+    def write(self, text: str) -> int:
+        if not self.broken:
+            try:
+                return sys.stderr.write(text)
+            except (OSError, ValueError):  # a broken pipe, or a closed file
+                self.broken = True
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.broken:
+            try:
+                sys.stderr.flush()
+            except (OSError, ValueError):
+                self.broken = True
+
+
 class PointProgress:
     """A progress bar over the grid's points, fed by `points.jsonl` while the sweep runs in its own kernel; within a
     point, its postfix counts the point's requests as `requests.jsonl` grows, so a long point shows it is moving."""
@@ -79,7 +118,7 @@ class PointProgress:
         self._offset = 0
         self._requests: collections.Counter[str] = collections.Counter()
         total = sum(len(point.deployments) for point in plan_points(params))
-        self.bar = tqdm(total=total, desc="load points", unit="point", initial=self._finished(), dynamic_ncols=True)
+        self.bar = tqdm(total=total, desc="load points", unit="point", initial=self._finished(), dynamic_ncols=True, file=ConsoleOrNothing())
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._follow, name="servelab-progress", daemon=True)
         # Log lines go above the bar, not glued to its end.
@@ -198,8 +237,13 @@ def run(
     outputs_dir: str | Path = "outputs",
     resume: str | None = None,
     notebooks: tuple[str, ...] = NOTEBOOKS,
+    total_mib: float | None = None,
+    dotenv: Path | None = Path(".env"),
 ) -> RunResult:
-    """Run the notebooks over one params file; `resume` names a run id (or folder) to complete."""
+    """Run the notebooks over one params file; `resume` names a run id (or folder) to complete.
+
+    Before anything starts, the prompts file and the memory plan are checked (against `total_mib`, else the local
+    GPU); `dotenv`'s values reach the engines, and every secret_env and .env value is redacted from the run folder."""
     outputs = Path(outputs_dir)
     run_dir = None
     if resume:
@@ -207,19 +251,31 @@ def run(
         if not run_dir.is_dir():
             raise ServelabError(f"--resume {resume}: no run folder {run_dir}; `ls {outputs}` lists the runs")
     params = read_params(run_dir) if run_dir is not None and (run_dir / MANIFEST_FILE).is_file() else load_params(params_path)
-    ensure_file_descriptors(connections_needed(params))  # before the run folder exists: nothing half-made
+    # Before the run folder exists: nothing half-made, no server started.
+    check_prompts_file(params, str(params_path), also_from=NOTEBOOK_DIR)
+    check_memory(params, total_mib)
+    ensure_file_descriptors(connections_needed(params))
+    secrets = use_run_secrets((name for d in params.deployments for name in d.secret_env), dotenv)
     run_dir = create_run(params, params_path, run_dir, outputs)
-    if not (run_dir / "params.yaml").exists():
-        shutil.copy2(params_path, run_dir / "params.yaml")
-        redact_file(run_dir / "params.yaml")
-    log.info("run folder: %s", run_dir)
-    with stop_on_signals(), lab(params, run_dir), PointProgress(params, run_dir):
-        for name in notebooks:
-            log.info("executing notebook %s", name)
-            execute_notebook(name, run_dir, Path(params_path), outputs)
-    report = export_report(run_dir)
-    write_index(outputs)
-    return RunResult(run_dir=run_dir, report=report)
+    try:
+        if not (run_dir / "params.yaml").exists():
+            # The data, not the file: a comment (where a pasted key may hide) is not copied.
+            (run_dir / "params.yaml").write_text(yaml.safe_dump(read_params_data(params_path), sort_keys=False, allow_unicode=True))
+        log.info("run folder: %s", run_dir)
+        try:
+            with quiet_interrupt(), stop_on_signals(), lab(params, run_dir), PointProgress(params, run_dir):
+                for name in notebooks:
+                    log.info("executing notebook %s", name)
+                    execute_notebook(name, run_dir, Path(params_path), outputs)
+        except KeyboardInterrupt:
+            raise RunInterrupted(run_dir) from None
+        failure = record_outcome(params, run_dir)
+        report = export_report(run_dir)
+        write_index(outputs)
+    finally:
+        redact_tree(run_dir, secrets)
+        redact_file(outputs / "index.html", secrets)
+    return RunResult(run_dir=run_dir, report=report, failure=failure)
 
 
 def search(params_path: str | Path, outputs_dir: str | Path = "outputs") -> Path:
@@ -234,9 +290,59 @@ def search(params_path: str | Path, outputs_dir: str | Path = "outputs") -> Path
     if params.slo is None:
         raise ServelabError(f"{params_path}: servelab search needs SLOs: add e.g. `slo: {{ttft_ms: 500, itl_ms: 50}}`")
     run_dir = create_run(params, params_path, None, outputs)
-    shutil.copy2(params_path, run_dir / "params.yaml")
+    (run_dir / "params.yaml").write_text(yaml.safe_dump(read_params_data(params_path), sort_keys=False, allow_unicode=True))
     with stop_on_signals(), lab(params, run_dir) as session, prompt_tokenizers(session.fleet) as tokenizers:
         run_search(params, run_dir, {server.name: Target.for_server(server) for server in session.fleet}, tokenizers)
     write_index(outputs)
     return run_dir
 
+
+NOISY_ON_INTERRUPT = ("papermill", "nbclient", "traitlets", "asyncio", "tornado", "jupyter_client")
+"""Loggers that report Ctrl-C's teardown of a kernel client as errors (nbclient's DeadKernelError, "Kernel died")."""
+
+
+@contextlib.contextmanager
+def quiet_interrupt() -> Iterator[None]:
+    """Ctrl-C while a notebook runs tears papermill's kernel client down mid-message, and papermill, nbclient,
+    asyncio and ZMQ's sockets (at exit: "Socket operation on non-socket") each report that with a traceback,
+    around servelab's one clear line. On SIGINT those reporters are silenced first, then KeyboardInterrupt is
+    raised as usual, so the servers still stop and the records stay. With --debug (servelab's DEBUG level)
+    nothing is silenced."""
+    if logging.getLogger("servelab").isEnabledFor(logging.DEBUG) or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_interrupt(signum: int, frame: object) -> None:
+        for name in NOISY_ON_INTERRUPT:
+            logging.getLogger(name).disabled = True
+        threading.excepthook = lambda args: None
+        sys.unraisablehook = lambda unraisable: None
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def record_outcome(params: Params, run_dir: Path) -> str | None:
+    """Judge the run as a whole and write the verdict into manifest.json (`outcome`): failed when its measured
+    requests failed more often than policy.max_error_rate, else done. Returns why it failed, or None."""
+    points = latest_points(run_dir)
+    requests = sum(point.requests for point in points.values())
+    errors = sum(point.errors for point in points.values())
+    failed_points = sorted(point_id for point_id, point in points.items() if point.status in ("failed", "aborted"))
+    limit = params.policy.max_error_rate
+    failure = None
+    if points and (requests == 0 or errors / requests > limit):
+        rate = (
+            f"{errors} of {requests} measured requests failed ({errors / requests:.0%}), above policy.max_error_rate {limit:g}"
+            if requests
+            else "no request was measured"
+        )
+        failure = f"{rate}; the failed points: {', '.join(failed_points) or 'none'}"
+    outcome = {"status": "failed" if failure else "done", "reason": failure, "requests": requests, "errors": errors,
+               "max_error_rate": limit, "failed_points": failed_points}
+    update_manifest(run_dir, outcome=outcome)
+    return failure

@@ -57,6 +57,7 @@ class Fault:
     malformed: bool = False  # the first token event carries truncated JSON
     reset_after: int | None = None  # token chunks sent before the connection is reset (TCP RST)
     stall_after: int | None = None  # token chunks sent before the stream stops, socket left open
+    error_event: str | None = None  # after one token chunk, an in-stream error of this shape (ERROR_EVENTS), then [DONE]
 
     @property
     def active(self) -> bool:
@@ -73,10 +74,17 @@ class Fault:
             parts.append(f"reset-after={self.reset_after}")
         if self.stall_after is not None:
             parts.append(f"stall-after={self.stall_after}")
+        if self.error_event is not None:
+            parts.append(f"error-event={self.error_event}")
         return ",".join(parts) or "none"
 
 
 NO_FAULT = Fault()
+
+ERROR_EVENTS = ("error-key", "error-code", "object-error", "event-error", "no-choices")
+"""The shapes of an error sent inside a 200 stream, as servers spell them (see Completion.error_event_frame)."""
+LINE_ENDS = {"lf": b"\n", "crlf": b"\r\n", "cr": b"\r"}
+"""The SSE line ends the emitter can write; all three are legal in the SSE specification."""
 
 
 def parse_fault(text: str, source: str) -> Fault:
@@ -94,12 +102,14 @@ def parse_fault(text: str, source: str) -> Fault:
                 values["status"] = _status_code(int(value))
             elif key in ("reset-after", "stall-after") and int(value) >= 0:
                 values[key.replace("-", "_")] = int(value)
+            elif key == "error-event" and value in ERROR_EVENTS:
+                values["error_event"] = value
             else:
                 raise ValueError(item)
         except ValueError:
             raise EmitterError(
                 f"bad fault {item!r} in {source}; use status=CODE (400-599), malformed, reset-after=N, "
-                "stall-after=N or none, comma-separated"
+                f"stall-after=N, error-event=KIND ({'|'.join(ERROR_EVENTS)}) or none, comma-separated"
             ) from None
     return Fault(**values)  # type: ignore[arg-type]
 
@@ -128,6 +138,7 @@ class EmitterConfig:
     record_path: str | None = None
     loop: str = "auto"
     max_streams: int | None = None
+    line_ends: str = "lf"
 
 
 def parse_args(argv: list[str] | None = None) -> EmitterConfig:
@@ -187,6 +198,13 @@ def parse_args(argv: list[str] | None = None) -> EmitterConfig:
         metavar="N",
         help="stop sending after N token chunks, socket left open",
     )
+    faults.add_argument(
+        "--error-event",
+        choices=ERROR_EVENTS,
+        default=None,
+        help="after one token chunk, an error inside the 200 stream, then [DONE]: an error key, FastChat's "
+        "error_code, a top-level object: error, an SSE `event: error`, or a chunk without choices",
+    )
     faults.add_argument("--seed", type=int, default=None, help="seed of the --fail-rate draw")
     parser.add_argument(
         "--max-streams",
@@ -195,6 +213,12 @@ def parse_args(argv: list[str] | None = None) -> EmitterConfig:
         metavar="N",
         help="answer at most N completions at once per worker, as a server with N slots; later ones wait in "
         "order, and their TTFT starts when a slot frees",
+    )
+    parser.add_argument(
+        "--line-ends",
+        choices=sorted(LINE_ENDS),
+        default="lf",
+        help="the SSE line end: lf (as vLLM), crlf, or a bare cr (legal SSE that few servers write)",
     )
     parser.add_argument(
         "--record",
@@ -223,7 +247,7 @@ def parse_args(argv: list[str] | None = None) -> EmitterConfig:
     if problems:
         parser.error("; ".join(problems))
 
-    fault = Fault(args.status, args.malformed, args.reset_after, args.stall_after)
+    fault = Fault(args.status, args.malformed, args.reset_after, args.stall_after, args.error_event)
     if args.fail_rate is None:
         fail_rate = 1.0 if fault.active else 0.0
     else:
@@ -245,6 +269,7 @@ def parse_args(argv: list[str] | None = None) -> EmitterConfig:
         record_path=args.record,
         loop=args.loop,
         max_streams=args.max_streams,
+        line_ends=args.line_ends,
     )
 
 
@@ -560,12 +585,17 @@ def http_chunk(payload: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(payload), payload)
 
 
-def sse_frame(obj: object) -> bytes:
+def sse_frame(obj: object, line_end: bytes = b"\n") -> bytes:
     """One SSE event as one HTTP chunk, in the compact JSON pydantic (and so vLLM) writes."""
-    return http_chunk(b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n")
+    return http_chunk(b"data: " + json.dumps(obj, separators=(",", ":")).encode() + line_end * 2)
 
 
-DONE_AND_END = http_chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n"
+def done_and_end(line_end: bytes = b"\n") -> bytes:
+    """The [DONE] event and the end of the chunked body."""
+    return http_chunk(b"data: [DONE]" + line_end * 2) + b"0\r\n\r\n"
+
+
+DONE_AND_END = done_and_end()
 
 
 def response_head(
@@ -610,6 +640,7 @@ class Completion:
     itl_ns: int
     fault: Fault
     client_request_id: str | None = None
+    line_end: bytes = b"\n"
 
     @property
     def usage(self) -> dict[str, int]:
@@ -649,7 +680,7 @@ class Completion:
                 "finish_reason": finish_reason,
                 "stop_reason": None,
             }
-        return sse_frame(self._chunk([choice]))
+        return sse_frame(self._chunk([choice]), self.line_end)
 
     def opening_frame(self) -> bytes:
         """vLLM's chat streams open with an empty assistant delta, sent with the first token."""
@@ -661,17 +692,33 @@ class Completion:
             "logprobs": None,
             "finish_reason": None,
         }
-        return sse_frame(self._chunk([choice]))
+        return sse_frame(self._chunk([choice]), self.line_end)
 
     def malformed_frame(self) -> bytes:
         good = self.token_frame(None)
-        payload = good[good.index(b"data: ") : good.index(b"\n\n")]
-        return http_chunk(payload[: len(payload) // 2] + b"\n\n")
+        end = self.line_end * 2
+        payload = good[good.index(b"data: ") : good.index(end)]
+        return http_chunk(payload[: len(payload) // 2] + end)
+
+    def error_event_frame(self) -> bytes:
+        """An error inside the 200 stream, in the shape `fault.error_event` names."""
+        kind, message = self.fault.error_event, f"injected fault: {self.fault.error_event}"
+        if kind == "event-error":
+            body = json.dumps({"message": message, "type": "server_error"}, separators=(",", ":")).encode()
+            return http_chunk(b"event: error" + self.line_end + b"data: " + body + self.line_end * 2)
+        shapes: dict[str | None, dict] = {
+            "error-key": {"error": {"message": message, "type": "server_error", "param": None, "code": 500}},
+            # FastChat's workers: the message rides in `text`, and [DONE] follows as if all went well.
+            "error-code": {"text": f"**NETWORK ERROR DUE TO HIGH TRAFFIC.** ({message})", "error_code": 50001},
+            "object-error": {"object": "error", "message": message, "type": "InternalServerError", "param": None, "code": 500},
+            "no-choices": {"id": self.request_id, "object": "text_completion", "created": self.created, "model": self.model},
+        }
+        return sse_frame(shapes[kind], self.line_end)
 
     def closing_frames(self) -> bytes:
         """Usage chunk (when asked for), then [DONE], then the end of the chunked body."""
-        usage = sse_frame(self._chunk([], self.usage)) if self.include_usage else b""
-        return usage + DONE_AND_END
+        usage = sse_frame(self._chunk([], self.usage), self.line_end) if self.include_usage else b""
+        return usage + (DONE_AND_END if self.line_end == b"\n" else done_and_end(self.line_end))
 
     def full_body(self) -> bytes:
         """The non-streamed response: all max_tokens tokens at once."""
@@ -740,7 +787,7 @@ class Emission:
             self.alive = False
             self.emitter.stats.streams_active -= 1
             self.emitter.record(self)
-            self.connection.response_finished(outcome == "done")
+            self.connection.response_finished(outcome in ("done", "error-event"))
             self.emitter.slot_freed()
 
 
@@ -770,6 +817,7 @@ class StreamEmission(Emission):
             self.max_tokens,
             fault.reset_after if fault.reset_after is not None else self.max_tokens,
             fault.stall_after if fault.stall_after is not None else self.max_tokens,
+            1 if fault.error_event is not None else self.max_tokens,
         )
         self.token_bytes = completion.token_frame(None)
         self.last_bytes = completion.token_frame("length") + completion.closing_frames()
@@ -777,7 +825,10 @@ class StreamEmission(Emission):
     def fire(self) -> None:
         sent = self.sent
         if sent == self.stop_at:
-            if self.completion.fault.reset_after == sent:
+            if self.completion.fault.error_event is not None:
+                self.write(self.completion.error_event_frame() + done_and_end(self.completion.line_end))
+                self.finish("error-event")
+            elif self.completion.fault.reset_after == sent:
                 self.connection.reset()
                 self.finish("reset")
             else:
@@ -1150,6 +1201,7 @@ class Emitter:
             itl_ns=itl_ns,
             fault=fault,
             client_request_id=headers.get("x-request-id"),
+            line_end=LINE_ENDS[self.config.line_ends],
         )
 
     @staticmethod

@@ -204,7 +204,11 @@ class _OllamaLines:
         event = json.loads(payload)
         usage = event.get("usage") or {}
         if usage:
-            self.counts = {"prompt_eval_count": usage.get("prompt_tokens", 0), "eval_count": usage.get("completion_tokens", 0)}
+            self.counts.update(prompt_eval_count=usage.get("prompt_tokens", 0), eval_count=usage.get("completion_tokens", 0))
+        timings = event.get("timings") or {}
+        if "predicted_ms" in timings:  # llama-server's own decode time, as Ollama's eval_duration (ns)
+            self.counts["eval_duration"] = int(timings["predicted_ms"] * 1e6)
+            self.counts["prompt_eval_duration"] = int(timings.get("prompt_ms", 0) * 1e6)
         out = []
         for choice in event.get("choices") or []:
             text = choice.get("text") if "text" in choice else (choice.get("delta") or {}).get("content")

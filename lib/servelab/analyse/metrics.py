@@ -103,6 +103,16 @@ def mean_itl_ms(record: RequestRecord) -> float | None:
     return (record.chunk_ns[-1] - record.chunk_ns[0]) / NS_PER_MS / (len(record.chunk_ns) - 1)
 
 
+def server_eval_tok_s(record: RequestRecord) -> float | None:
+    """Server eval rate = eval_count / (eval_duration / 1e9), tokens/s: the decode rate the server itself reports
+    (Ollama's last object), kept beside the client's figures and never used instead of them; None without both."""
+    timings = record.server_timings or {}
+    count, duration_ns = timings.get("eval_count"), timings.get("eval_duration")
+    if not record.ok or not isinstance(count, int | float) or not isinstance(duration_ns, int | float) or duration_ns <= 0:
+        return None
+    return count / (duration_ns / NS_PER_S)
+
+
 def schedule_lag_ms(record: RequestRecord) -> float | None:
     """Schedule lag = (actual_send_ns - intended_send_ns) / 1e6, ms; None if the request was never sent."""
     if not record.actual_send_ns:
@@ -234,6 +244,9 @@ def _point_rows(
         "prompt_tokens", "tokens", distribution([r.prompt_tokens for r in ok if r.prompt_tokens is not None])
     )
     emit("output_tokens", "tokens", distribution([n for n in map(output_tokens, ok) if n is not None]))
+    server_rates = [v for v in map(server_eval_tok_s, ok) if v is not None]
+    if server_rates:  # only servers that report it (Ollama): no empty rows for the others
+        emit("server_eval_tok_s", "tok/s", distribution(server_rates))
     seconds = duration_s(records)
     scalars = {
         "requests": (len(records), "count"),

@@ -165,15 +165,41 @@ def _class_of_status(status: int) -> str:
     return "protocol"
 
 
+def _class_of_code(code: Any) -> str | None:
+    """An error code as an error class: an HTTP status, or FastChat's five digits (50001 is a 500)."""
+    if isinstance(code, str) and code.isdigit():
+        code = int(code)
+    if not isinstance(code, int) or isinstance(code, bool):
+        return None
+    if 10_000 <= code < 60_000:
+        code //= 100
+    return _class_of_status(code) if 400 <= code < 600 else None
+
+
 def _error_of_event(error: Any) -> _StreamError:
     """An error object sent inside a 200 stream (vLLM, llama.cpp, Ollama all do this)."""
     if isinstance(error, dict):
-        code = error.get("code")
-        message = str(error.get("message", error))
-        if isinstance(code, int) and code >= 400:
-            return _StreamError(_class_of_status(code), f"in-stream error {code}: {message}")
+        code = error.get("code", error.get("error_code"))
+        message = str(error.get("message") or error.get("text") or error)
+        error_class = _class_of_code(code)
+        if error_class is not None:
+            return _StreamError(error_class, f"in-stream error {code}: {message}")
         return _StreamError("protocol", f"in-stream error: {message}")
     return _StreamError("protocol", f"in-stream error: {error}")
+
+
+def _error_in(event: dict[str, Any]) -> _StreamError | None:
+    """The error an event carries, however the server spells it, else None:
+    - an `error` key (OpenAI, vLLM, llama.cpp, Ollama);
+    - a non-zero `error_code` (FastChat: `{"text": "...NETWORK ERROR...", "error_code": 50001}`, then [DONE]);
+    - a top-level `{"object": "error", "message": ..., "code": ...}` (vLLM's and FastChat's ErrorResponse)."""
+    if "error" in event:
+        return _error_of_event(event["error"])
+    if event.get("error_code") not in (None, 0, "0", ""):
+        return _error_of_event(event)
+    if event.get("object") == "error":
+        return _error_of_event(event)
+    return None
 
 
 class _Stream:
@@ -219,34 +245,54 @@ _decode_json = json.JSONDecoder().decode
 """json.loads less its bytes-encoding detection: the slow path of every event."""
 
 
+def _lf_line_ends(buffer: bytes) -> tuple[bytes, bytes]:
+    """CRLF and bare CR line ends (both legal in SSE) as LF, and a CR that ends `buffer`, held back: its LF may
+    come in the next read, and CR LF is one line end, not two."""
+    held = b"\r" if buffer[-1:] == b"\r" else b""
+    if held:
+        buffer = buffer[:-1]
+    return buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n"), held
+
+
 class _SseStream(_Stream):
     """OpenAI-style server-sent events; `data:` lines of one event are joined, a blank line ends it."""
 
     def __init__(self, record: RequestRecord, keep_text: bool) -> None:
         super().__init__(record, keep_text)
         self._data: list[bytes] = []
+        self._event_name: bytes | None = None
         self.done = False
 
     def feed(self, data: bytes, t: int) -> None:
         # The hot loop of a run, inlined: one split per network read, then a prefix test per line.
-        lines = (self._tail + data if self._tail else data).split(b"\n")
-        self._tail = lines.pop()
+        buffer = self._tail + data if self._tail else data
+        held = b""
+        if b"\r" in buffer:
+            buffer, held = _lf_line_ends(buffer)
+        lines = buffer.split(b"\n")
+        self._tail = lines.pop() + held
         pending = self._data
         for line in lines:
             if line[:5] == b"data:":
                 pending.append(line[5:])
-            elif (not line or line == b"\r") and pending:
-                payload = (
-                    pending[0] if len(pending) == 1 else b"\n".join(p.removesuffix(b"\r") for p in pending)
-                )
-                pending.clear()
-                self.event(payload, t)
-            # Comments (':'), 'event:', 'id:' and 'retry:' carry nothing we measure.
+            elif not line:
+                if pending:
+                    payload = pending[0] if len(pending) == 1 else b"\n".join(pending)
+                    pending.clear()
+                    self.event(payload, t)
+                elif self._event_name == b"error":  # an error event without data is still an error
+                    self.event(b"", t)
+                self._event_name = None
+            elif line[:6] == b"event:":
+                self._event_name = line[6:].strip()
+            # Comments (':'), 'id:' and 'retry:' carry nothing we measure.
 
     def close(self, t: int) -> None:
         self.feed(b"\n\n", t)
 
     def event(self, payload: bytes, t: int) -> None:
+        if self._event_name == b"error":
+            raise self._error_event(payload)
         if payload.strip() == b"[DONE]":
             self.done = True
             return
@@ -256,8 +302,11 @@ class _SseStream(_Stream):
             raise _StreamError("protocol", f"event is not JSON: {payload[:200]!r}") from None
         if not isinstance(event, dict):
             raise _StreamError("protocol", f"event is not a JSON object: {payload[:200]!r}")
-        if "error" in event:
-            raise _error_of_event(event["error"])
+        error = _error_in(event)
+        if error is not None:
+            raise error
+        if "choices" not in event and not event.get("usage") and not event.get("timings"):
+            raise _StreamError("protocol", f"event has no choices, usage or timings: {payload[:200]!r}")
         choices = event.get("choices")
         if choices:
             choice = choices[0]
@@ -283,6 +332,18 @@ class _SseStream(_Stream):
         timings = event.get("timings")
         if isinstance(timings, dict):
             self.record.server_timings = timings
+
+    @staticmethod
+    def _error_event(payload: bytes) -> _StreamError:
+        """An SSE `event: error`: its data is the error, JSON or plain text."""
+        text = payload.decode("utf-8", errors="replace").strip()
+        try:
+            event = _decode_json(text)
+        except ValueError:
+            return _StreamError("protocol", f"in-stream error event: {text[:500] or '(no data)'}")
+        if isinstance(event, dict):
+            return _error_in(event) or _error_of_event(event)
+        return _StreamError("protocol", f"in-stream error event: {text[:500]}")
 
     def check_complete(self) -> None:
         if not (self.done or self.finished or self.server_output_tokens is not None):
@@ -313,8 +374,9 @@ class _NdjsonStream(_Stream):
             raise _StreamError("protocol", f"line is not JSON: {line[:200]!r}") from None
         if not isinstance(event, dict):
             raise _StreamError("protocol", f"line is not a JSON object: {line[:200]!r}")
-        if "error" in event:
-            raise _error_of_event(event["error"])
+        error = _error_in(event)
+        if error is not None:
+            raise error
         message = event.get("message")
         if isinstance(message, dict):
             text = (message.get("thinking") or "") + (message.get("content") or "")

@@ -135,8 +135,26 @@ def export_report(run_dir: Path) -> Path:
         "report.html.j2", run_id=run_dir.name, intro=Markup(intro), blocks=[Markup(b) for b in blocks],
         contents=contents, notebooks=copies,
     )
+    banner = outcome_banner(run_dir)
+    if banner:
+        page = re.sub(r"(<body[^>]*>)", lambda match: match.group(1) + banner, page, count=1)
     check_figures(page, source)
     return _write(run_dir / REPORT_FILE, page)
+
+
+def outcome_banner(run_dir: Path) -> str:
+    """A line for the top of the report when the run failed as a whole (manifest.json's `outcome`), else ''."""
+    try:
+        outcome = json.loads((run_dir / MANIFEST_FILE).read_text(encoding="utf-8")).get("outcome") or {}
+    except (OSError, ValueError):
+        return ""
+    if outcome.get("status") != "failed":
+        return ""
+    reason = html.escape(str(outcome.get("reason") or "see the failures table"))
+    return (
+        '<p id="run-outcome" style="background:#fde2e1;border:2px solid #b3261e;padding:0.6em 1em;font-weight:bold">'
+        f"This run FAILED: {reason}. Its figures describe errors, not a server's performance.</p>"
+    )
 
 
 def write_index(outputs_dir: Path) -> Path:
