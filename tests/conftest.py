@@ -10,6 +10,7 @@ from servelab.params import Params, parse_params
 from servelab.serve.deploy import Fleet, RunningServer, deploy
 
 REPO = Path(__file__).resolve().parents[1]
+pytest_plugins = ["cluster.loopback_ray"]  # the local Ray cluster fixture of tests/cluster
 
 
 def embedded_params(name: str = "smollm2", parallel_slots: int = 4, **sweep: object) -> Params:

@@ -58,7 +58,7 @@ def test_demo_in_two_groups_runs_one_group_per_node_of_a_loopback_ray_cluster_wi
     assert all(group["status"] == "done" for group in groups.values())
     assert groups["a"]["node_id"] != groups["b"]["node_id"], "each node has one fake_gpu: the groups must be on both"
     # Both nodes run on this one host, so both monotonic clocks are the same clock: the join through the wall
-    # anchors must come out near zero (it measures the anchors' own error; see docs/scale-cluster.md).
+    # anchors must come out near zero (it measures the anchors' own error; see docs/scale.md).
     for group in groups.values():
         print(f"clock offset of the node of {group['deployments']}: {group['clock_offset_ns']} ns")
         assert abs(group["clock_offset_ns"]) < 1_000_000_000
