@@ -45,6 +45,7 @@ from servelab.manifest import read_params
 from servelab.measure.sweep import run_sweep
 from servelab.params import Params, load_params, params_stem
 from servelab.records import MANIFEST_FILE, POINTS_FILE, REQUESTS_FILE
+from servelab.report.sections import RunReport
 from servelab.run import describe_grid
 from servelab.serve.deploy import STATE_FILE, Fleet, RunningServer, stop_on_signals, tail
 from servelab.serve.engines import adapter_for
@@ -52,7 +53,7 @@ from servelab.session import Lab, create_run, latest_run
 from servelab.session import lab as own_servers
 
 __all__ = [
-    "Lab", "LabError", "LabState", "RecordedRun", "close", "deployment_table", "describe_grid", "experiment", "memory",
+    "Lab", "LabError", "LabState", "RecordedRun", "RunReport", "close", "deployment_table", "describe_grid", "experiment", "memory",
     "plots", "recorded", "report_run", "status", "sweep", "tables", "wide",
 ]
 

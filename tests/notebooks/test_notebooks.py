@@ -18,7 +18,7 @@ from servelab.run import NOTEBOOKS, kernel_name
 
 REPO = Path(__file__).resolve().parents[2]
 ALL_NOTEBOOKS = sorted(path.stem for path in (REPO / "notebooks").glob("*.ipynb"))
-LAB_NOTEBOOKS = ("00_start_here", "01_deploy", "02_sweep", "03_gpu_memory")
+LAB_NOTEBOOKS = ("00_start_here", "01_deploy", "02_sweep", "03_gpu_memory", "04_report")
 """The notebooks a researcher runs by hand; they import servelab through one surface, `servelab.lab`."""
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from servelab import notebook, params, schema_doc
+from servelab import lab, params, schema_doc
 from servelab.errors import EngineError
 from servelab.params import Deployment, Params, parse_params
 from servelab.serve import compose, deploy, planner
@@ -168,4 +168,4 @@ def test_the_deployment_table_probes_ollama_at_its_adapters_health_path_on_a_sta
                            api_flavour="ollama", base_url=ollama_stand_in, port=port, pid=0, log_path="", argv=[],
                            launched_ns=0, ready_ns=0)
     current = Lab(params=run_params, run_dir=tmp_path, fleet=Fleet(run_dir=tmp_path, servers={"ol": server}, owned=False))
-    assert notebook.deployment_table(current)["healthy"].tolist() == [True]
+    assert lab.deployment_table(current)["healthy"].tolist() == [True]

@@ -141,6 +141,6 @@ def test_the_checks_see_lazy_imports_and_every_floor():
     assert {floor(module) for module in modules()} == set(range(FACE + 1))
 
 
-@pytest.mark.parametrize("module", ["servelab.run", "servelab.cli", "servelab.session", "servelab.notebook"])
+@pytest.mark.parametrize("module", ["servelab.run", "servelab.cli", "servelab.session", "servelab.lab"])
 def test_the_face_modules_are_on_the_top_floor(module):
     assert floor(module) == FACE
