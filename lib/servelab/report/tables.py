@@ -59,7 +59,7 @@ def _cluster_rows(cluster: dict | None) -> list[tuple[str, str]]:
     for name, group in cluster.get("groups", {}).items():
         node = f"node {group['node_id'][:12]} at {group.get('node_ip')} ({group.get('hostname')})" if group.get("node_id") else "no node"
         status = group["status"] + (f": {group['message']}" if group.get("message") else "")
-        rows.append((f"Group {name}", f"{', '.join(group['deployments'])} on {node}; {status}"))
+        rows.append((f"group {name}", f"{', '.join(group['deployments'])} on {node}; {status}"))
     return rows
 
 
