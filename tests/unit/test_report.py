@@ -138,3 +138,16 @@ def test_the_report_page_and_the_charts_agree_on_the_class_the_export_counts() -
     from servelab.report import html
 
     assert html.CHART_CLASS == plots.CHART_CLASS
+
+
+def test_the_load_points_table_of_a_run_with_one_load_point_has_its_one_row() -> None:
+    """A run of one point has one summary row per metric, which pandas' .loc returned as a Series, not a table."""
+    one = pd.DataFrame([
+        {"point_id": "a/en/concurrency-1", "deployment": "a", "language": "en", "load_kind": "concurrency",
+         "load_value": 1.0, "metric": metric, "stat": stat, "value": value, "unit": ""}
+        for metric, stat, value in (("output_tok_s", "value", 5.0), ("ttft_ms", "p50", 20.0), ("success_rate", "value", 1.0))
+    ])
+    table = tables.load_points(one)
+    assert table.to_dict("records") == [
+        {"deployment": "a", "language": "en", "load": "c = 1", "output (tok/s)": 5.0, "TTFT p50 (ms)": 20.0, "success": 1.0}
+    ]

@@ -192,11 +192,11 @@ def load_points(summary: pd.DataFrame) -> pd.DataFrame:
     ]
     if summary.empty:
         return pd.DataFrame()
-    rows = summary.set_index(["metric", "stat"])
     parts = []
     for metric, stat, name in wanted:
-        if (metric, stat) in rows.index:
-            part = rows.loc[(metric, stat)].set_index("point_id")["value"].rename(name)
+        rows = summary[(summary["metric"] == metric) & (summary["stat"] == stat)]
+        if not rows.empty:  # a run of one load point has one row per metric
+            part = rows.set_index("point_id")["value"].rename(name)
             parts.append(part[~part.index.duplicated()])
     if not parts:
         return pd.DataFrame()
