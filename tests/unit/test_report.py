@@ -149,5 +149,5 @@ def test_the_load_points_table_of_a_run_with_one_load_point_has_its_one_row() ->
     ])
     table = tables.load_points(one)
     assert table.to_dict("records") == [
-        {"deployment": "a", "language": "en", "load": "c = 1", "output (tok/s)": 5.0, "TTFT p50 (ms)": 20.0, "success": 1.0}
+        {"deployment": "a", "language": "en", "load": "c\u00a0=\u00a01", "output (tok/s)": 5.0, "TTFT p50 (ms)": 20.0, "success": 1.0}
     ]
