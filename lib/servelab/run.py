@@ -28,7 +28,7 @@ from servelab.errors import OutputsError, ServelabError
 from servelab.manifest import read_manifest, read_params, update_manifest
 from servelab.measure.load import ensure_file_descriptors
 from servelab.measure.sweep import connections_needed, estimate_seconds, plan_points
-from servelab.params import Params, load_params, read_params_data
+from servelab.params import Params, load_params
 from servelab.preflight import check_memory, check_prompts_file
 from servelab.records import MANIFEST_FILE, POINTS_FILE, REQUESTS_FILE, latest_points
 from servelab.report.html import export_report, write_index
@@ -259,8 +259,9 @@ def run(
     run_dir = create_run(params, params_path, run_dir, outputs)
     try:
         if not (run_dir / "params.yaml").exists():
-            # The data, not the file: a comment (where a pasted key may hide) is not copied.
-            (run_dir / "params.yaml").write_text(yaml.safe_dump(read_params_data(params_path), sort_keys=False, allow_unicode=True))
+            # The data, not the file: a comment (where a pasted key may hide) is not copied, and the file is not
+            # read again.
+            write_params_copy(params, run_dir)
         log.info("run folder: %s", run_dir)
         try:
             with quiet_interrupt(), stop_on_signals(), lab(params, run_dir), PointProgress(params, run_dir):
@@ -290,11 +291,18 @@ def search(params_path: str | Path, outputs_dir: str | Path = "outputs") -> Path
     if params.slo is None:
         raise ServelabError(f"{params_path}: servelab search needs SLOs: add e.g. `slo: {{ttft_ms: 500, itl_ms: 50}}`")
     run_dir = create_run(params, params_path, None, outputs)
-    (run_dir / "params.yaml").write_text(yaml.safe_dump(read_params_data(params_path), sort_keys=False, allow_unicode=True))
+    write_params_copy(params, run_dir)
     with stop_on_signals(), lab(params, run_dir) as session, prompt_tokenizers(session.fleet) as tokenizers:
         run_search(params, run_dir, {server.name: Target.for_server(server) for server in session.fleet}, tokenizers)
     write_index(outputs)
     return run_dir
+
+
+
+def write_params_copy(params: Params, run_dir: Path) -> None:
+    """The run's `params.yaml`: what the params file set, from the params read once (no comments, no defaults)."""
+    data = params.model_dump(mode="json", exclude_unset=True)
+    (run_dir / "params.yaml").write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
 
 
 NOISY_ON_INTERRUPT = ("papermill", "nbclient", "traitlets", "asyncio", "tornado", "jupyter_client")
