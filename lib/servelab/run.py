@@ -177,12 +177,19 @@ class PointProgress:
         self._logging.__exit__(None, None, None)
 
 
-def kernel_config(sockets: Path) -> object:
+def kernel_config(sockets: Path, stderr_log: Path | None = None) -> object:
     """Kernels talk to papermill over Unix sockets in `sockets`: no TCP port is opened, so the kernel has nothing to
-    warn about ('running over TCP without encryption') and nothing listens on the network."""
+    warn about ('running over TCP without encryption') and nothing listens on the network. With `stderr_log`, what a
+    kernel prints on its own stderr goes there instead of the console (on Ctrl-C, ZMQ's report of the teardown)."""
     from traitlets.config import Config
 
-    return Config({"KernelManager": {"transport": "ipc", "ip": str(sockets / "kernel")}})
+    config = Config({"KernelManager": {"transport": "ipc", "ip": str(sockets / "kernel")}})
+    if stderr_log is not None:
+        from servelab.kernels import KernelWithLoggedStderr
+
+        config.NotebookClient.kernel_manager_class = KernelWithLoggedStderr
+        config.KernelWithLoggedStderr.stderr_path = str(stderr_log)
+    return config
 
 
 def execute_notebook(
@@ -208,7 +215,7 @@ def execute_notebook(
                 cwd=str(NOTEBOOK_DIR),
                 progress_bar=False,
                 log_output=False,
-                config=kernel_config(Path(sockets)),
+                config=kernel_config(Path(sockets), run_dir / "logs" / "kernels.log"),
             )
         except PapermillExecutionError as error:
             redact_file(executed)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 from fault_harness import faultproxy, fleet_at, sweep_params
+from servelab.analyse.summary import write_summary
 from servelab.measure.sweep import run_sweep
 from servelab.records import SUMMARY_FILE, read_requests
 
@@ -24,6 +25,7 @@ def test_ollama_eval_rate_is_in_summary_csv_beside_the_clients_figures(tmp_path,
     params = sweep_params(name="ollama", requests_per_point=4, warmup_requests=1, output_tokens=8, request_timeout_s=60)
     with faultproxy(embedded_server.base_url, "none", flavour="ollama") as (url, process):
         run_sweep(params, tmp_path, fleet_at(tmp_path, url, process.pid, name="ollama", flavour="ollama"), progress=False)
+    write_summary(tmp_path)
     records = [r for r in read_requests(tmp_path) if not r.warmup]
     rates = [r.server_timings["eval_count"] / (r.server_timings["eval_duration"] / 1e9) for r in records]  # type: ignore[index]
     assert len(rates) == 4 and all(rate > 0 for rate in rates)
@@ -40,5 +42,6 @@ def test_a_server_that_reports_no_eval_rate_gets_no_empty_rows(tmp_path, embedde
     server_eval_tok_s rows at all, rather than rows of NaN."""
     params = sweep_params(name="openai", requests_per_point=2, warmup_requests=0, output_tokens=4, request_timeout_s=60)
     run_sweep(params, tmp_path, fleet_at(tmp_path, embedded_server.base_url, embedded_server.pid, name="openai"), progress=False)
+    write_summary(tmp_path)
     summary = pd.read_csv(tmp_path / SUMMARY_FILE)
     assert "server_eval_tok_s" not in set(summary["metric"]) and "output_tok_s" in set(summary["metric"])
