@@ -41,8 +41,8 @@ def reference_emitter() -> Iterator[tuple[str, int]]:
         stop_child(process)
 
 
-def html_text(path: Path) -> str:
-    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", path.read_text(encoding="utf-8")))
+def html_text_of(markup: str) -> str:
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", markup))
 
 
 @pytest.mark.slow
@@ -94,8 +94,9 @@ def test_run_on_an_endpoint_params_file_finds_the_real_llama_server_through_its_
     server_name = psutil.Process(embedded_server.pid).name()
     found = f"{server_name} (pid {embedded_server.pid}) on port {embedded_server.port}"
     assert read_manifest(result.run_dir)["engines"]["running-llama"]["memory"] == found
-    text = html_text(result.report)
-    memory_section = text[text.index(" Memory "):text.index(" Languages ")]
+    page = result.report.read_text()
+    memory_html = page[page.index('id="memory"'):]
+    memory_section = html_text_of(memory_html[:memory_html.index("</section>")])
     assert "running-llama" in memory_section and found in memory_section
     records = [r for r in read_jsonl(result.run_dir / REQUESTS_FILE) if not r["warmup"]]
     assert len(records) == 3 and all(r["error_class"] is None for r in records)
