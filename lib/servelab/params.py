@@ -40,7 +40,15 @@ class Strict(BaseModel):
 
 
 # ----------------------------------------------------------------------------------------------- engines
-class LlamaCppEngine(Strict):
+class EngineSettings(Strict):
+    """What every engine's params answer besides their own flags."""
+
+    def gpus_needed(self) -> int:
+        """GPUs one server of these settings spans: its tensor x data parallel sizes, 1 for most engines."""
+        return 1
+
+
+class LlamaCppEngine(EngineSettings):
     """llama.cpp's llama-server: the embedded CPU engine."""
 
     kind: Literal["llamacpp"] = "llamacpp"
@@ -52,7 +60,7 @@ class LlamaCppEngine(Strict):
     extra_args: tuple[str, ...] = Field((), description="more command-line flags, passed through as they are")
 
 
-class VllmEngine(Strict):
+class VllmEngine(EngineSettings):
     """vLLM's OpenAI-compatible server (v1 engine)."""
 
     kind: Literal["vllm"] = "vllm"
@@ -71,7 +79,7 @@ class VllmEngine(Strict):
         return self.tensor_parallel_size * self.data_parallel_size
 
 
-class SglangEngine(Strict):
+class SglangEngine(EngineSettings):
     """SGLang's server (`python -m sglang.launch_server`)."""
 
     kind: Literal["sglang"] = "sglang"
@@ -89,7 +97,7 @@ class SglangEngine(Strict):
         return self.tp_size * self.dp_size
 
 
-class OllamaEngine(Strict):
+class OllamaEngine(EngineSettings):
     """Ollama (`ollama serve`); models are tags such as `tinyllama:1.1b`."""
 
     kind: Literal["ollama"] = "ollama"
@@ -109,7 +117,7 @@ class OllamaEngine(Strict):
         return value
 
 
-class EndpointEngine(Strict):
+class EndpointEngine(EngineSettings):
     """A server that runs already, anywhere servelab can reach: servelab neither starts nor stops it."""
 
     kind: Literal["endpoint"] = "endpoint"
@@ -164,7 +172,7 @@ class Deployment(Strict):
 
     @model_validator(mode="after")
     def _enough_gpus(self) -> Deployment:
-        needed = self.engine.gpus_needed() if hasattr(self.engine, "gpus_needed") else 1
+        needed = self.engine.gpus_needed()
         if self.gpus is not None and len(self.gpus) < needed:
             raise ValueError(
                 f"{self.name}: its parallel sizes need {needed} GPUs but gpus names {len(self.gpus)} "

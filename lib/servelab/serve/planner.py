@@ -161,7 +161,7 @@ def gpus_of(deployment: Deployment) -> tuple[int, ...]:
     """The GPUs a deployment runs on: its `gpus`, else the first tensor x data parallel ones (0 for most)."""
     if deployment.gpus is not None:
         return deployment.gpus
-    needed = deployment.engine.gpus_needed() if hasattr(deployment.engine, "gpus_needed") else 1
+    needed = deployment.engine.gpus_needed()
     return tuple(range(needed))
 
 
