@@ -578,16 +578,7 @@ def _vllm_point(doc: dict[str, Any], path: Path, overrides: dict[str, Any]) -> _
     for metric in ("prompt_tokens", "output_tokens"):
         if metric in per_request:
             point.add(metric, "tokens", per_request[metric])
-    requests = completed + int(failed)
-    scalars = {
-        "requests": (requests, "count"),
-        "errors": (failed, "count"),
-        "success_rate": (completed / requests if requests else math.nan, "fraction"),
-        "duration_s": (doc["duration"], "s"),
-        "req_s": (doc["request_throughput"], "req/s"),
-        "output_tok_s": (doc.get("output_throughput", math.nan), "tok/s"),
-        "total_tok_s": (doc.get("total_token_throughput", math.nan), "tok/s"),
-    }
+    scalars = _bench_scalars(doc, completed, int(failed), doc.get("total_token_throughput", math.nan))
     if doc.get("request_goodput") is not None:
         scalars["goodput_req_s"] = (doc["request_goodput"], "req/s")
     for metric, (value, unit) in scalars.items():
@@ -815,22 +806,27 @@ def _sglang_point(doc: dict[str, Any], path: Path, overrides: dict[str, Any]) ->
     for metric in ("prompt_tokens", "output_tokens"):
         if metric in per_request:
             point.add(metric, "tokens", per_request[metric])
-    requests = completed + failed
     total = doc.get("total_throughput")
     if total is None:  # not in the result dict; SGLang prints (input + output tokens) / duration
         total = float(doc["input_throughput"]) + float(doc.get("output_throughput", math.nan))
-    scalars = {
+    scalars = _bench_scalars(doc, completed, failed, total)
+    for metric, (value, unit) in scalars.items():
+        point.add(metric, unit, {"value": float(value)})
+    return point
+
+
+def _bench_scalars(doc: dict[str, Any], completed: int, failed: int, total_tok_s: float) -> dict[str, tuple[float, str]]:
+    """The point-level figures vLLM's and SGLang's bench_serving both write (their total tok/s differs by name)."""
+    requests = completed + failed
+    return {
         "requests": (requests, "count"),
         "errors": (failed, "count"),
         "success_rate": (completed / requests if requests else math.nan, "fraction"),
         "duration_s": (doc["duration"], "s"),
         "req_s": (doc["request_throughput"], "req/s"),
         "output_tok_s": (doc.get("output_throughput", math.nan), "tok/s"),
-        "total_tok_s": (total, "tok/s"),
+        "total_tok_s": (total_tok_s, "tok/s"),
     }
-    for metric, (value, unit) in scalars.items():
-        point.add(metric, unit, {"value": float(value)})
-    return point
 
 
 # ------------------------------------------------------------------------------------------ AIPerf
