@@ -100,6 +100,8 @@ print(write_shape(resolve_shape("tinyllama-1.1b"), Path("/tmp/shapes")))') || re
     --concurrency 256 512 --client-processes 4 --rounds 2 --outputs "$outputs" --json "$checks/client_past_engine.json"
   echo "client_past_engine exit $?"
   kill -- -"$server" 2>/dev/null; sleep 5; kill -9 -- -"$server" 2>/dev/null
+  # the next stage sizes its servers from the memory free when they start: wait until this one's is given back
+  for _ in $(seq 30); do [ -z "$(nvidia-smi --query-compute-apps=pid --format=csv,noheader)" ] && break; sleep 1; done
 }
 
 stage_llamacpp() {
