@@ -54,6 +54,8 @@ import yaml
 from servelab.bench import bench_params
 from servelab.checks.agreement import compare_with_vllm_bench, read_agreement_turns
 from servelab.errors import VllmBenchError
+from servelab.measure.workers import ceiling_of_run, processes_for, usable_cpus
+from servelab.params import ConcurrencyLoad
 from servelab.run import write_params_copy
 from servelab.serve.deploy import stop_on_signals
 from servelab.session import lab, open_run
@@ -138,7 +140,7 @@ def _f(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
 
-def table(row: dict[str, Any], processes: int | str) -> str:
+def table(row: dict[str, Any], processes: int) -> str:
     """One concurrency's figures as a small table, servelab, the engine and vllm bench side by side."""
     verdict = "PASS" if row["passed"] else "FAIL" if row["servelab_over_engine"] is not None else "FAIL (no engine counter)"
     lines = [
@@ -175,6 +177,7 @@ def endpoint_params(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per /metrics reading otherwise
     if not args.tokenizer.is_dir():
         print(f"--tokenizer {args.tokenizer}: no such folder; give the model folder that holds tokenizer.json", file=sys.stderr)
         return 2
@@ -213,9 +216,13 @@ def main(argv: list[str] | None = None) -> int:
             use_bench = False
             agreement = compare(False)
     rows = result_rows(agreement, read_agreement_turns(run_dir))
+    ceiling, cores = ceiling_of_run(run_dir), len(usable_cpus())
+    for row in rows:
+        load = ConcurrencyLoad(values=(row["concurrency"],))
+        row["client_processes"] = processes_for(args.client_processes, load, row["concurrency"], args.output_tokens, ceiling, cores)
     print()
     for row in rows:
-        print(table(row, args.client_processes))
+        print(table(row, row["client_processes"]))
         print()
     for row in rows:
         ratio = row["servelab_over_engine"]
