@@ -2,7 +2,8 @@
 and the report's view of turns recorded on the H200.
 
 The bench process's success path needs vLLM and runs on the GPU machine only (benchmarks/gpu_truth.py); here the
-worker is real and so is the interpreter: it must fail at once, with a message that names the cause and the log."""
+worker is real and so is the interpreter: it must fail at once, with a message that names the cause and the log.
+servelab's own turns run here against the reference emitter, over several client processes."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 from fixtures_records import make_record
 from servelab.analyse import plots
 from servelab.checks.agreement import (
+    AGREEMENT_REQUESTS_FILE,
     AGREEMENT_TURNS_FILE,
     AgreementTurn,
     EngineWindow,
@@ -24,10 +26,12 @@ from servelab.checks.agreement import (
     over_engine,
     read_agreement_turns,
 )
+from servelab.checks.calibrate import running_emitter
 from servelab.errors import VllmBenchError
+from servelab.measure import workers
 from servelab.observe.counters import CounterSnapshot, engine_tpot_ms, engine_ttft_ms
 from servelab.params import ConcurrencyLoad, Sweep
-from servelab.records import RequestRecord
+from servelab.records import RequestRecord, read_jsonl
 from servelab.report import tables as report_tables
 from servelab.serve.deploy import RunningServer
 
@@ -127,3 +131,36 @@ def test_a_shared_row_leaves_the_engines_token_count_out_since_it_holds_both_cli
     # Taking turns, the same window holds servelab's tokens only, and the check applies.
     alone = _agreement_row(server, 2, "turns", 2, 2, 1, [ServelabWindow(records, 0.04, 8.0, 8, EngineWindow(10.0, 2.0))], [bench], turns)
     assert (alone.server_output_tok_s, alone.received_over_server) == (200.0, 1.0)
+
+
+def test_servelab_turns_run_over_the_sweeps_client_processes_and_every_record_comes_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Against the reference emitter (tools/emitter), with no vllm bench: each servelab turn is one point over two real
+    client processes (the sweep's path, servelab.measure.workers), whose merged records reach the agreement's file."""
+    started: list[int] = []
+    real = workers._run_processes
+
+    def counted(jobs: list, window: workers.PointWindow) -> list:
+        started.append(len(jobs))
+        return real(jobs, window)
+
+    monkeypatch.setattr(workers, "_run_processes", counted)
+    sweep = Sweep(load=(ConcurrencyLoad(values=(4,)),), input_tokens=16, output_tokens=8, client_processes=2, request_timeout_s=60)
+    with running_emitter(2.0, 1.0) as emitter:
+        port = int(emitter.base_url.rsplit(":", 1)[1])
+        server = RunningServer("emitter", "vllm", "servelab-emitter", "servelab-emitter", "openai", emitter.base_url, port, 0, "", [], 0, 0)
+        table = compare_with_vllm_bench(server, sweep, [4], tmp_path, prompts_per_concurrency=1, min_prompts=12, rounds=2,
+                                        vllm_bench=False)
+    assert started == [2, 2], "each round's servelab turn ran over two client processes"
+    (row,) = table.to_dict("records")
+    assert (row["concurrency"], row["prompts"], row["vllm_bench_output_tok_s"]) == (4, 12, None)
+    assert row["servelab_output_tok_s"] > 0
+    records = list(read_jsonl(tmp_path / AGREEMENT_REQUESTS_FILE))
+    for label in ("-r0", "-r1"):
+        turn = [r for r in records if r["point_id"] == f"emitter/random/agreement-c4{label}"]
+        assert sorted(r["request_index"] for r in turn) == list(range(6)), "every request of both processes, once"
+        assert all(r["error_class"] is None and r["output_tokens"] == 8 for r in turn)
+    assert len(records) == 12
+    turns = read_agreement_turns(tmp_path)
+    assert list(turns["client"]) == ["servelab", "servelab"] and list(turns["requests"]) == [6, 6]

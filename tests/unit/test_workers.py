@@ -12,16 +12,18 @@ import pytest
 from servelab.aio import run_sync
 from servelab.checks.calibrate import running_emitter
 from servelab.clock import now_ns
-from servelab.measure.clients import Target
+from servelab.measure.clients import Target, make_client
 from servelab.measure.load import arrival_offsets_ns
 from servelab.measure.prompts import Prompt
 from servelab.measure.sweep import run_sweep
 from servelab.measure.workers import (
     PARTS_DIR,
     ClientCeiling,
+    PointWindow,
     Share,
     deal_schedule,
     dealt,
+    drive_point,
     plan_shares,
     processes_for,
     run_point_in_processes,
@@ -32,6 +34,9 @@ from servelab.serve.deploy import Fleet, RunningServer
 
 PROMPTS = [Prompt(f"split the point, prompt {i}", "en", 6) for i in range(40)]
 CEILING = ClientCeiling(max_chunks_s=40_000.0, max_req_s=600.0, ceiling_concurrency=256)
+CLOSED = ConcurrencyLoad(values=(1,))
+POISSON = RateLoad(kind="poisson", values=(1.0,))
+CONSTANT = RateLoad(kind="constant", values=(1.0,))
 
 
 # ------------------------------------------------------------------------------------------ dealing
@@ -44,7 +49,7 @@ def test_dealt_shares_add_up_and_differ_by_at_most_one(total: int, parts: int) -
 @pytest.mark.parametrize(("processes", "warmups", "requests"), [(1, 2, 10), (3, 2, 10), (4, 0, 9), (8, 5, 3)])
 def test_global_request_indices_cover_the_point_once(processes: int, warmups: int, requests: int) -> None:
     sweep = Sweep(load=(ConcurrencyLoad(values=(16,)),), requests_per_point=requests, warmup_requests=warmups)
-    shares = plan_shares(processes, "concurrency", 16, sweep, sweep.load[0], "p", cpus=[0, 1])
+    shares = plan_shares(processes, sweep.load[0], 16, sweep, "p", cpus=[0, 1])
     indices = [s.global_index(i) for s in shares for i in range(s.warmup + (s.requests or 0))]
     assert sorted(indices) == list(range(warmups + requests))
     warm = [s.global_index(i) for s in shares for i in range(s.warmup)]
@@ -56,7 +61,7 @@ def test_global_request_indices_cover_the_point_once(processes: int, warmups: in
 def test_the_one_arrival_schedule_is_dealt_round_robin_so_the_rate_is_that_of_one_process() -> None:
     load = RateLoad(kind="poisson", values=(250.0,), max_concurrency=10)
     sweep = Sweep(load=(load,), requests_per_point=101, warmup_requests=0, seed=7)
-    shares = plan_shares(3, "poisson", 250.0, sweep, load, "p/en/poisson-250", cpus=[0])
+    shares = plan_shares(3, load, 250.0, sweep, "p/en/poisson-250", cpus=[0])
     one = arrival_offsets_ns("poisson", 250.0, random.Random("servelab.measure.load:7:p/en/poisson-250"), count=101)
     assert sorted(o for s in shares for o in (s.offsets or [])) == one
     assert [s.offsets for s in shares] == deal_schedule(one, 3)
@@ -70,19 +75,19 @@ def test_a_share_index_maps_local_to_global() -> None:
 
 # ------------------------------------------------------------------------------------------ how many
 def test_a_count_of_processes_is_kept_but_never_above_the_streams() -> None:
-    assert processes_for(4, "concurrency", 64, 64, None, cores=2) == 4
-    assert processes_for(4, "concurrency", 2, 64, None, cores=16) == 2
-    assert processes_for(4, "poisson", 1.0, 64, None, cores=16) == 4
+    assert processes_for(4, CLOSED, 64, 64, None, cores=2) == 4
+    assert processes_for(4, CLOSED, 2, 64, None, cores=16) == 2
+    assert processes_for(4, POISSON, 1.0, 64, None, cores=16) == 4
 
 
 def test_auto_keeps_each_process_within_70_percent_of_the_calibrated_ceiling() -> None:
     # 256 streams per core held; 70 % of it is 179.2: 512 streams need 3 processes.
-    assert processes_for("auto", "concurrency", 512, 64, CEILING, cores=16) == 3
+    assert processes_for("auto", CLOSED, 512, 64, CEILING, cores=16) == 3
     # 1,000 req/s x 64 chunks = 64,000 chunks/s against 0.7 x 40,000 = 28,000 a core: 3; req/s: 1000 / 420: 3.
-    assert processes_for("auto", "constant", 1000.0, 64, CEILING, cores=16) == 3
-    assert processes_for("auto", "constant", 10.0, 64, CEILING, cores=16) == 1
-    assert processes_for("auto", "concurrency", 100_000, 64, CEILING, cores=8) == 8  # one per core at most
-    assert processes_for("auto", "concurrency", 512, 64, None, cores=16) == 1  # no calibration: one process
+    assert processes_for("auto", CONSTANT, 1000.0, 64, CEILING, cores=16) == 3
+    assert processes_for("auto", CONSTANT, 10.0, 64, CEILING, cores=16) == 1
+    assert processes_for("auto", CLOSED, 100_000, 64, CEILING, cores=8) == 8  # one per core at most
+    assert processes_for("auto", CLOSED, 512, 64, None, cores=16) == 1  # no calibration: one process
 
 
 def test_the_ceiling_comes_from_a_calibration_as_the_manifest_stores_it() -> None:
@@ -198,3 +203,27 @@ def test_an_open_loop_cap_below_the_process_count_uses_fewer_processes_and_holds
     ))  # fmt: skip
     assert_merged_exactly(records, 12)
     assert outcome.max_in_flight == 1, "one request in flight at most, as max_concurrency says"
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_point_window_brackets_every_request_in_one_process_and_in_several(emitter_url: str, tmp_path: Path, processes: int) -> None:
+    sweep = Sweep(load=(ConcurrencyLoad(values=(4,)),), output_tokens=8, requests_per_point=12, warmup_requests=2,
+                  client_processes=processes)
+    events: list[tuple[str, int]] = []
+    window = PointWindow(on_start=lambda: events.append(("start", now_ns())), on_end=lambda: events.append(("end", now_ns())))
+
+    async def go() -> None:
+        async with make_client(4) as client:
+            await drive_point(client, target(emitter_url), PROMPTS, sweep.load[0], 4, sweep, "emitter/en/concurrency-4",
+                              lambda record: events.append(("record", record)), parts_dir=tmp_path / PARTS_DIR, window=window)
+
+    run_sync(go())
+    kinds = [kind for kind, _ in events]
+    assert kinds.count("start") == 1 and kinds.count("end") == 1 and kinds.count("record") == 14
+    start, end = (stamp for kind, stamp in events if kind in ("start", "end"))
+    records = [record for kind, record in events if kind == "record"]
+    measured = [r for r in records if not r.warmup]
+    assert all(start < r.actual_send_ns and r.end_ns < end for r in measured), "the window holds every measured request"
+    assert all(r.end_ns < start for r in records if r.warmup), "warm-ups end before the window opens"
+    if processes > 1:
+        assert kinds.index("end") < kinds.index("record"), "the window closes before the processes' records are merged"

@@ -5,7 +5,9 @@ the same length in the model's own tokens, greedy and with ignore_eos, on the sa
 
 - `turns`: one client after the other, each holding all the streams. Around each servelab turn the engine's
   Prometheus generation counter is read, which gives the server-side generation throughput that servelab's own
-  output tok/s must reach (else the client, not the engine, is the limit).
+  output tok/s must reach (else the client, not the engine, is the limit). The readings bracket the load as
+  tightly as the client can (`servelab.measure.workers.PointWindow`): the first once every client is ready, just
+  before the first request; the second as soon as the last request has ended.
 - `shared`: both clients at once, each holding half the streams, so both measure the same engine at the same
   moment. An engine whose speed drifts between windows moves both clients' figures alike, which taking turns
   cannot promise.
@@ -13,6 +15,7 @@ the same length in the model's own tokens, greedy and with ignore_eos, on the sa
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import select
@@ -29,9 +32,10 @@ from servelab.aio import run_sync
 from servelab.analyse import metrics
 from servelab.errors import VllmBenchError
 from servelab.measure.clients import Target
-from servelab.measure.load import make_client, run_point
+from servelab.measure.load import ensure_file_descriptors, make_client
 from servelab.measure.sweep import prompt_tokenizers, prompts_for
 from servelab.measure.tokens import JsonTokenizer, ServerTokenizer
+from servelab.measure.workers import PARTS_DIR, ClientCeiling, PointWindow, ceiling_of_run, drive_point
 from servelab.observe import counters as engine_metrics
 from servelab.params import ConcurrencyLoad, Sweep
 from servelab.records import JsonlWriter, RequestRecord
@@ -70,6 +74,10 @@ class AgreementRow:
     client_received_tok_s: float | None
     """Tokens servelab received (server-counted) over the same window."""
     received_over_server: float | None
+    servelab_over_server: float | None = None
+    """servelab's output tok/s over the engine's own (server_output_tok_s), in turns: at least 0.99 where the
+    client keeps up with the engine. servelab's window (first send to last end) lies inside the counters' readings,
+    so the figure sits at or slightly above received_over_server."""
     ttft_diff_vs_engine_pct: float | None = None
     """servelab's mean TTFT over the engine's own, against vllm bench's over the engine's own, each in its own
     turns: the TTFT comparison with the engine's drift between turns taken out."""
@@ -237,9 +245,11 @@ def _snapshot(server: RunningServer) -> engine_metrics.CounterSnapshot:
 
 def _servelab_load(
     server: RunningServer, sweep: Sweep, concurrency: int, prompts: int, writer: JsonlWriter, seed: int,
-    tokenizer: JsonTokenizer | ServerTokenizer | None, label: str,
+    tokenizer: JsonTokenizer | ServerTokenizer | None, label: str, ceiling: ClientCeiling | None = None,
+    window: PointWindow | None = None,
 ) -> list[RequestRecord]:
-    """One closed-loop point of random-token prompts in the model's own tokens.
+    """One closed-loop point of random-token prompts in the model's own tokens, driven as a sweep drives its points:
+    in this process, or over sweep.client_processes processes (`workers.drive_point`, 'auto' against `ceiling`).
 
     No warm-up, as `vllm bench serve` has none (its ready check is off by default): each client's window then
     holds exactly its measured requests, and the engine's own means over the window are over those requests."""
@@ -258,21 +268,28 @@ def _servelab_load(
 
     async def go() -> None:
         async with make_client(concurrency) as client:
-            await run_point(client, Target.for_server(server), texts, ConcurrencyLoad(values=(concurrency,)), concurrency, point_sweep,
-                            f"{server.name}/random/agreement-c{concurrency}{label}", keep)
+            await drive_point(
+                client, Target.for_server(server), texts, ConcurrencyLoad(values=(concurrency,)), concurrency, point_sweep,
+                f"{server.name}/random/agreement-c{concurrency}{label}", keep, parts_dir=writer.path.parent / PARTS_DIR,
+                ceiling=ceiling, window=window,
+            )
 
+    ensure_file_descriptors(concurrency)
     run_sync(go())
     return records
 
 
 def servelab_point(
     server: RunningServer, sweep: Sweep, concurrency: int, prompts: int, writer: JsonlWriter, seed: int,
-    tokenizer: JsonTokenizer | ServerTokenizer | None, label: str = "",
+    tokenizer: JsonTokenizer | ServerTokenizer | None, label: str = "", ceiling: ClientCeiling | None = None,
 ) -> ServelabWindow:
-    """servelab's turn: one point, bracketed by the engine's counters."""
-    before = _snapshot(server)
-    records = _servelab_load(server, sweep, concurrency, prompts, writer, seed, tokenizer, label)
-    return ServelabWindow.between(records, before, _snapshot(server))
+    """servelab's turn: one point, its load bracketed by the engine's counters (read once every client is ready, and
+    as soon as the last request has ended; the prompts are cut and the processes started before the first)."""
+    readings: list[engine_metrics.CounterSnapshot] = []
+    window = PointWindow(on_start=lambda: readings.append(_snapshot(server)), on_end=lambda: readings.append(_snapshot(server)))
+    records = _servelab_load(server, sweep, concurrency, prompts, writer, seed, tokenizer, label, ceiling, window)
+    before, after = readings
+    return ServelabWindow.between(records, before, after)
 
 
 def vllm_bench_turn(bench: VllmBench, server: RunningServer, args: list[str]) -> tuple[dict, EngineWindow]:
@@ -299,6 +316,7 @@ def wait_for_requests(server: RunningServer, count: int, done: Callable[[], bool
 def shared_turn(
     bench: VllmBench, server: RunningServer, sweep: Sweep, streams: int, prompts: int, writer: JsonlWriter, seed: int,
     tokenizer: JsonTokenizer | ServerTokenizer | None, bench_args: list[str], label: str,
+    ceiling: ClientCeiling | None = None,
 ) -> tuple[ServelabWindow, dict, EngineWindow]:
     """Both clients at once, each with `streams` streams and `prompts` prompts: vllm bench first, and servelab as soon
     as the engine holds vllm bench's streams (vllm bench spends a moment on its tokenizer and dataset before it sends).
@@ -308,7 +326,7 @@ def shared_turn(
     try:
         waited = wait_for_requests(server, streams, bench.replied)
         log.info("shared turn: vllm bench's %d streams on the engine after %.2f s; servelab starts", streams, waited)
-        records = _servelab_load(server, sweep, streams, prompts, writer, seed, tokenizer, label)
+        records = _servelab_load(server, sweep, streams, prompts, writer, seed, tokenizer, label, ceiling)
     finally:
         result = bench.finish(result_path)  # whatever happened here, the worker's reply to this run is read
     after = _snapshot(server)
@@ -442,6 +460,7 @@ def _agreement_row(
         server_output_tok_s=None if server_tok_s is None else round(server_tok_s, 1),
         client_received_tok_s=None if received_tok_s is None else round(received_tok_s, 1),
         received_over_server=None if not server_tok_s or received_tok_s is None else round(received_tok_s / server_tok_s, 4),
+        servelab_over_server=None if not server_tok_s else round(ours.output_tok_s / server_tok_s, 4),
         ttft_diff_vs_engine_pct=metrics.percent_off(over_engine(turns, "servelab", "ttft"), over_engine(turns, "vllm-bench", "ttft")),
         tpot_diff_vs_engine_pct=metrics.percent_off(over_engine(turns, "servelab", "tpot"), over_engine(turns, "vllm-bench", "tpot")),
     )
@@ -455,6 +474,7 @@ def _write_table(path: Path, rows: list) -> None:
 def compare_with_vllm_bench(
     server: RunningServer, sweep: Sweep, concurrencies: list[int], run_dir: Path, prompts_per_concurrency: int = 8,
     min_prompts: int = 64, python: str = "python3", rounds: int = 2, modes: tuple[str, ...] = ("turns",),
+    vllm_bench: bool = True,
 ) -> pd.DataFrame:
     """The agreement table, also written to `<run>/agreement.csv`; each client's turns are in
     `<run>/agreement_turns.csv`, and vLLM's own results in `<run>/vllm-bench/`.
@@ -467,17 +487,24 @@ def compare_with_vllm_bench(
     (`ttft_diff_vs_engine_pct`, `tpot_diff_vs_engine_pct`), which the drift does not reach. In mode 'shared' each
     round runs both clients at once with half the streams each (concurrencies of 2 and more), so the drift reaches
     both alike, output tok/s included.
+
+    servelab's turns run over sweep.client_processes processes as a sweep's points do ('auto' against this host's
+    calibration in the run's manifest). Without `vllm_bench`, only servelab's turns run, each against the engine's
+    counters (mode 'turns' only).
     """
     unknown = sorted(set(modes) - set(MODES))
     if unknown:
         raise ValueError(f"unknown comparison mode(s) {unknown}: choose from {list(MODES)}")
+    if not vllm_bench and "shared" in modes:
+        raise ValueError("the shared mode runs servelab beside vllm bench serve: without vllm bench, use modes=('turns',)")
+    ceiling = ceiling_of_run(run_dir)
     rows: list[AgreementRow] = []
     turns: list[AgreementTurn] = []
     bench_dir = run_dir / "vllm-bench"
     with (
         JsonlWriter(run_dir / AGREEMENT_REQUESTS_FILE) as writer,
         prompt_tokenizers([server]) as tokenizers,
-        VllmBench(python, run_dir / "logs" / "vllm-bench.log") as bench,
+        VllmBench(python, run_dir / "logs" / "vllm-bench.log") if vllm_bench else contextlib.nullcontext() as bench,
     ):
         for index, concurrency in enumerate(concurrencies):
             for mode in modes:
@@ -497,8 +524,9 @@ def compare_with_vllm_bench(
                                            sweep.input_tokens, sweep.output_tokens, bench_dir, seed, label)
                     try:
                         if mode == "shared":
+                            assert bench is not None
                             window, result, engine = shared_turn(bench, server, sweep, streams, per_round, writer, seed,
-                                                                 tokenizers[server.name], args, label)
+                                                                 tokenizers[server.name], args, label, ceiling)
                             windows.append(window)
                             bench_results.append(result)
                             mode_turns += [
@@ -507,13 +535,15 @@ def compare_with_vllm_bench(
                             ]
                             continue
                         order = ("servelab", "vllm-bench") if round_index % 2 == 0 else ("vllm-bench", "servelab")
-                        for client in order:
+                        for client in order if bench is not None else ("servelab",):
                             turn = len(turns) + len(mode_turns)
                             if client == "servelab":
-                                window = servelab_point(server, sweep, streams, per_round, writer, seed, tokenizers[server.name], label)
+                                window = servelab_point(server, sweep, streams, per_round, writer, seed, tokenizers[server.name],
+                                                        label, ceiling)
                                 windows.append(window)
                                 mode_turns.append(_servelab_turn(server, concurrency, mode, round_index, turn, window))
                             else:
+                                assert bench is not None
                                 result, engine = vllm_bench_turn(bench, server, args)
                                 bench_results.append(result)
                                 mode_turns.append(_bench_turn(server, concurrency, mode, round_index, turn, result, engine))

@@ -51,7 +51,7 @@ from servelab.measure.load import (
     schedule_lag_limit_ms,
 )
 from servelab.measure.prompts import Prompt
-from servelab.params import LoadParams, RateLoad, Sweep
+from servelab.params import ConcurrencyLoad, LoadParams, Sweep
 from servelab.records import MANIFEST_FILE, JsonlWriter, RequestRecord, read_jsonl
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ def usable_cpus() -> list[int]:
 
 def processes_for(
     setting: ClientProcesses,
-    load_kind: str,
+    load: LoadParams,
     load_value: float,
     output_tokens: int,
     ceiling: ClientCeiling | None,
@@ -121,7 +121,7 @@ def processes_for(
         if ceiling is None:
             log.info("client_processes: auto without a calibration (`servelab calibrate`); using one process")
             return 1
-        if load_kind == "concurrency":
+        if isinstance(load, ConcurrencyLoad):
             per_process = HEADROOM * (ceiling.ceiling_concurrency or 1)
             wanted = math.ceil(load_value / per_process)
         else:
@@ -131,7 +131,7 @@ def processes_for(
         count = max(1, min(wanted, cores))
     else:
         count = int(setting)
-    if load_kind == "concurrency":
+    if isinstance(load, ConcurrencyLoad):
         count = min(count, max(1, int(load_value)))
     return max(1, count)
 
@@ -173,26 +173,24 @@ class Share:
 
 def plan_shares(
     processes: int,
-    load_kind: str,
+    load: LoadParams,
     load_value: float,
     sweep: Sweep,
-    load: LoadParams,
     point_id: str,
     cpus: Sequence[int],
     first_cpu: int = 0,
 ) -> list[Share]:
     """Split one point over `processes`; process k is pinned to cpus[(first_cpu + k) % len(cpus)]."""
     warmups = dealt(sweep.warmup_requests, processes)
-    if load_kind == "concurrency":
+    if isinstance(load, ConcurrencyLoad):
         streams = dealt(int(load_value), processes)
         counts: list[int | None] = (
             list(dealt(sweep.requests_per_point, processes)) if sweep.requests_per_point else [None] * processes
         )
         schedules: list[list[int] | None] = [None] * processes
     else:
-        assert isinstance(load, RateLoad)
         offsets = arrival_offsets_ns(
-            load_kind, load_value, point_rng(sweep.seed, point_id), count=sweep.requests_per_point, duration_s=sweep.duration_s,
+            load.kind, load_value, point_rng(sweep.seed, point_id), count=sweep.requests_per_point, duration_s=sweep.duration_s,
             burstiness=load.burstiness, ramp_up_s=load.ramp_up_s,
         )  # fmt: skip
         schedules = list(deal_schedule(offsets, processes))
@@ -221,30 +219,29 @@ class WorkerJob:
     share: Share
     target: Target
     prompts: list[Prompt]
-    load_kind: str
+    load: LoadParams
     load_value: float
     sweep: Sweep
-    load: LoadParams
     point_id: str
     part_path: str
     transport: Transport = "http11"
 
 
 def _job(
-    share: Share, target: Target, prompts: Sequence[Prompt], load_kind: str, load_value: float, sweep: Sweep,
-    load: LoadParams, point_id: str, part_path: Path, transport: Transport,
+    share: Share, target: Target, prompts: Sequence[Prompt], load: LoadParams, load_value: float, sweep: Sweep,
+    point_id: str, part_path: Path, transport: Transport,
 ) -> WorkerJob:
     # Each process sees the prompts in its own order, so its local index i sends the prompt of global index g(i).
     wanted = share.warmup + (share.requests if share.requests is not None else math.ceil(len(prompts) / share.workers))
     arranged = [prompts[share.global_index(i) % len(prompts)] for i in range(max(1, wanted))]
     own_sweep = sweep.model_copy(update={"warmup_requests": share.warmup, "requests_per_point": share.requests})
-    if load_kind == "concurrency":
+    if isinstance(load, ConcurrencyLoad):
         own_load: LoadParams = load
         value = float(share.streams)
     else:
         own_load = load.model_copy(update={"max_concurrency": share.streams or None})
         value = load_value
-    return WorkerJob(share, target, arranged, load_kind, value, own_sweep, own_load, point_id, str(part_path), transport)
+    return WorkerJob(share, target, arranged, own_load, value, own_sweep, point_id, str(part_path), transport)
 
 
 # ------------------------------------------------------------------------------------------ one client process
@@ -264,7 +261,7 @@ def _worker_main(job: WorkerJob, connection: Connection) -> None:
             return int(connection.recv())
 
         connections = max(1, job.share.streams, job.share.warmup)
-        if job.load_kind != "concurrency" and not job.share.streams:
+        if not isinstance(job.load, ConcurrencyLoad) and not job.share.streams:
             connections = max(connections, 1024)
         ensure_file_descriptors(connections)  # the forkserver may have started under a lower limit
 
@@ -304,7 +301,7 @@ def _context() -> Any:
     return _CONTEXT
 
 
-def _run_processes(jobs: list[WorkerJob]) -> list[PointOutcome]:
+def _run_processes(jobs: list[WorkerJob], window: PointWindow) -> list[PointOutcome]:
     """Start one process per job, hand out one anchor once all have warmed up, and collect their outcomes."""
     context = _context()
     pipes, processes = [], []
@@ -320,10 +317,12 @@ def _run_processes(jobs: list[WorkerJob]) -> list[PointOutcome]:
             pipes.append(parent_end)
             processes.append(process)
         _await_all(pipes, jobs, "ready")
+        window.on_start()
         anchor = now_ns() + max(START_LEAD_NS, ANCHOR_LEAD_NS)
         for pipe in pipes:
             pipe.send(anchor)
         outcomes = _await_all(pipes, jobs, "done")
+        window.on_end()
         for process in processes:
             process.join(timeout=10)
         return outcomes
@@ -358,6 +357,36 @@ def _await_all(pipes: list[Connection], jobs: list[WorkerJob], expected: str) ->
 
 
 # ------------------------------------------------------------------------------------------ the point
+def _nothing() -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class PointWindow:
+    """Two calls that bracket a point's load as tightly as the client can, for whoever reads something around it
+    (servelab.checks.agreement reads the engine's own counters)."""
+
+    on_start: Callable[[], None] = _nothing
+    """Once every client is ready (processes started, warm-ups done), just before the anchor the streams start from."""
+    on_end: Callable[[], None] = _nothing
+    """As soon as the last request has ended, before the records of several processes are merged."""
+
+
+async def _run_point_here(
+    client: StreamClient, target: Target, prompts: list[Prompt], load: LoadParams, load_value: float, sweep: Sweep,
+    point_id: str, on_record: Callable[[RequestRecord], None], window: PointWindow,
+) -> PointOutcome:
+    """`load.run_point` in this process, bracketed by `window`."""
+
+    def anchor() -> int:
+        window.on_start()
+        return now_ns() + START_LEAD_NS
+
+    outcome = await run_point(client, target, prompts, load, load_value, sweep, point_id, on_record, anchor_after_warmup=anchor)
+    window.on_end()
+    return outcome
+
+
 def part_paths(parts_dir: Path, point_id: str, processes: int) -> list[Path]:
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", point_id)
     return [parts_dir / f"{safe}.{k}.jsonl" for k in range(processes)]
@@ -408,16 +437,19 @@ def drive_point(
     parts_dir: Path,
     ceiling: ClientCeiling | None = None,
     first_cpu: int = 0,
+    window: PointWindow | None = None,
 ) -> Coroutine[Any, Any, PointOutcome]:
     """The point in this process (`load.run_point` on `client`), or over sweep.client_processes processes: a
-    count, or 'auto' (`processes_for` against `ceiling`)."""
+    count, or 'auto' (`processes_for` against `ceiling`); `window` brackets its load either way."""
     cpus = usable_cpus()
-    processes = processes_for(sweep.client_processes, load.kind, load_value, sweep.output_tokens, ceiling, len(cpus))
+    processes = processes_for(sweep.client_processes, load, load_value, sweep.output_tokens, ceiling, len(cpus))
     if processes == 1:
-        return run_point(client, target, prompts, load, load_value, sweep, point_id, on_record)
+        if window is None:
+            return run_point(client, target, prompts, load, load_value, sweep, point_id, on_record)
+        return _run_point_here(client, target, prompts, load, load_value, sweep, point_id, on_record, window)
     return run_point_in_processes(
         processes, target, prompts, load, load_value, sweep, point_id, on_record, parts_dir,
-        cpus=cpus, first_cpu=first_cpu * processes,
+        cpus=cpus, first_cpu=first_cpu * processes, window=window,
     )  # fmt: skip
 
 
@@ -436,29 +468,30 @@ async def run_point_in_processes(
     first_cpu: int = 0,
     lag_limit_ms: float | None = None,
     transport: Transport = "http11",
+    window: PointWindow | None = None,
 ) -> PointOutcome:
     """`load.run_point`, driven by `processes` client processes pinned to `cpus` (default: every usable core).
 
     `on_record` gets every record of the point once the point ends, merged in completion order. Tokens are
-    counted as the server reports them (no token_counter)."""
+    counted as the server reports them (no token_counter). `window` brackets the load: from every process
+    ready to the last one done, before the merge."""
     if not prompts:
         raise ValueError(f"point {point_id}: no prompts to send")
-    load_kind = load.kind
     cpus = list(cpus) if cpus is not None else usable_cpus()
-    if load_kind == "concurrency":
+    if isinstance(load, ConcurrencyLoad):
         processes = min(processes, int(load_value))
-    elif isinstance(load, RateLoad) and load.max_concurrency:
+    elif load.max_concurrency:
         processes = min(processes, load.max_concurrency)  # each process caps its share: none may get a cap of 0
-    shares = plan_shares(processes, load_kind, load_value, sweep, load, point_id, cpus, first_cpu)
+    shares = plan_shares(processes, load, load_value, sweep, point_id, cpus, first_cpu)
     parts_dir.mkdir(parents=True, exist_ok=True)
     paths = part_paths(parts_dir, point_id, processes)
     for path in paths:
         path.unlink(missing_ok=True)  # a part left by a point that was killed and is now run again
     jobs = [
-        _job(share, target, prompts, load_kind, load_value, sweep, load, point_id, path, transport)
+        _job(share, target, prompts, load, load_value, sweep, point_id, path, transport)
         for share, path in zip(shares, paths, strict=True)
     ]
-    outcomes = await asyncio.to_thread(_run_processes, jobs)
+    outcomes = await asyncio.to_thread(_run_processes, jobs, window or PointWindow())
     records = merge_parts(paths)
     for record in records:
         on_record(record)
@@ -466,5 +499,5 @@ async def run_point_in_processes(
         path.unlink(missing_ok=True)
     with contextlib.suppress(OSError):
         parts_dir.rmdir()
-    limit_ms = lag_limit_ms if lag_limit_ms is not None else schedule_lag_limit_ms(load_kind, load_value)
+    limit_ms = lag_limit_ms if lag_limit_ms is not None else schedule_lag_limit_ms(load.kind, load_value)
     return merged_outcome(point_id, outcomes, records, limit_ms)
