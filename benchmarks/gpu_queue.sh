@@ -25,7 +25,7 @@ outputs=/tmp/gpu-outputs
 checks=/tmp/gpu-checks
 
 # How many chunks each bundle has, and where it unpacks (the folder a complete unpack leaves, checked by name).
-declare -A CHUNKS=([sb]=4 [vb]=4) SITE=([sb]=/tmp/ssite [vb]=/tmp/vsite) INSIDE=([sb]=sglang [vb]=vllm)
+declare -A CHUNKS=([sb]=4 [vb]=5) SITE=([sb]=/tmp/ssite [vb]=/tmp/vsite) INSIDE=([sb]=sglang [vb]=vllm)
 
 log() { echo "$(date +%H:%M:%S) $*" | tee -a "$queue/runner.log"; }
 
