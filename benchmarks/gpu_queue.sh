@@ -16,6 +16,7 @@
 #   llamacpp  #20 item 3: llama.cpp's llama-server built for sm_90 (benchmarks/gpu_llamacpp.sh), if .lcb came
 # A stage that waits for a bundle waits at most BUNDLE_WAIT_S (default 900 s), then is skipped; a poll can skip a
 # stage not yet begun with `touch /tmp/queue/skip-STAGE` (when the device time runs short).
+# Each stage's commands have a time limit, so that one that hangs leaves the device time to the next.
 # Everything lives in /tmp/queue; the runner's own log is /tmp/queue/runner.log.
 set -uo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -75,7 +76,7 @@ stage_clients() {
 
 stage_sglang() {
   wait_for sb || { log "SGLang's bundle never came: sglang skipped"; return 1; }
-  python3 benchmarks/gpu_truth.py params/h200-seed-sglang-colocated.yaml --outputs "$outputs" --no-bench
+  timeout 1200 python3 benchmarks/gpu_truth.py params/h200-seed-sglang-colocated.yaml --outputs "$outputs" --no-bench
 }
 
 stage_vllm() {
@@ -88,15 +89,16 @@ print(write_shape(resolve_shape("tinyllama-1.1b"), Path("/tmp/shapes")))') || re
     --served-model-name tinyllama --load-format dummy --dtype float16 --max-model-len 1024 --max-num-seqs 256 \
     --gpu-memory-utilization 0.15 > "$checks/vllm-external.log" 2>&1 < /dev/null &
   local server=$! waited=0
+  trap 'kill -9 -- -"$server" 2>/dev/null' EXIT  # the stage runs in a subshell: its server ends with it, however it ends
   until python3 -c 'import urllib.request; urllib.request.urlopen("http://127.0.0.1:8000/health", timeout=2)' 2>/dev/null; do
-    if ! kill -0 "$server" 2>/dev/null || [ "$waited" -ge 600 ]; then log "vLLM did not come up"; tail -20 "$checks/vllm-external.log"; return 1; fi
+    if ! kill -0 "$server" 2>/dev/null || [ "$waited" -ge 420 ]; then log "vLLM did not come up"; tail -20 "$checks/vllm-external.log"; return 1; fi
     sleep 2; waited=$((waited + 2))
   done
   log "vLLM outside servelab ready after ${waited} s (pid $server)"
-  python3 -m servelab.cli bench http://127.0.0.1:8000 --model tinyllama --metrics vllm --concurrency 4 16 64 \
+  timeout 240 python3 -m servelab.cli bench http://127.0.0.1:8000 --model tinyllama --metrics vllm --concurrency 4 16 64 \
     --input-tokens 256 --output-tokens 128 --requests 128 --outputs "$outputs" --save-params "$checks/bench-params.yaml"
   echo "servelab bench exit $?"
-  python3 benchmarks/client_past_engine.py --url http://127.0.0.1:8000 --model tinyllama --tokenizer "$model" \
+  timeout 360 python3 benchmarks/client_past_engine.py --url http://127.0.0.1:8000 --model tinyllama --tokenizer "$model" \
     --concurrency 256 512 --client-processes 4 --rounds 2 --outputs "$outputs" --json "$checks/client_past_engine.json"
   echo "client_past_engine exit $?"
   kill -- -"$server" 2>/dev/null; sleep 5; kill -9 -- -"$server" 2>/dev/null
@@ -107,7 +109,7 @@ print(write_shape(resolve_shape("tinyllama-1.1b"), Path("/tmp/shapes")))') || re
 stage_llamacpp() {
   [ -e /tmp/lcb-carry/llama-server-cuda.tgz ] || { log "no llama.cpp build was carried: llamacpp skipped"; return 1; }
   # from the tree laid by the call that carried the build, which holds its scripts
-  cd /tmp/lcb-src && PYTHONPATH="/tmp/lcb-src/lib:/tmp/site:/tmp/vsite" bash benchmarks/gpu_llamacpp.sh
+  cd /tmp/lcb-src && PYTHONPATH="/tmp/lcb-src/lib:/tmp/site:/tmp/vsite" timeout 600 bash benchmarks/gpu_llamacpp.sh
 }
 
 runner() {  # the stages in turn; each leaves STAGE.done or STAGE.failed, and STAGE.runs (the run folders it made)
