@@ -89,7 +89,7 @@ print(write_shape(resolve_shape("tinyllama-1.1b"), Path("/tmp/shapes")))') || re
     --served-model-name tinyllama --load-format dummy --dtype float16 --max-model-len 1024 --max-num-seqs 256 \
     --gpu-memory-utilization 0.15 > "$checks/vllm-external.log" 2>&1 < /dev/null &
   local server=$! waited=0
-  trap 'kill -9 -- -"$server" 2>/dev/null' EXIT  # the stage runs in a subshell: its server ends with it, however it ends
+  trap "kill -9 -- -$server 2>/dev/null" EXIT  # the stage runs in a subshell: its server ends with it, however it ends
   until python3 -c 'import urllib.request; urllib.request.urlopen("http://127.0.0.1:8000/health", timeout=2)' 2>/dev/null; do
     if ! kill -0 "$server" 2>/dev/null || [ "$waited" -ge 420 ]; then log "vLLM did not come up"; tail -20 "$checks/vllm-external.log"; return 1; fi
     sleep 2; waited=$((waited + 2))
