@@ -59,8 +59,18 @@ def _cluster_rows(cluster: dict | None) -> list[tuple[str, str]]:
     for name, group in cluster.get("groups", {}).items():
         node = f"node {group['node_id'][:12]} at {group.get('node_ip')} ({group.get('hostname')})" if group.get("node_id") else "no node"
         status = group["status"] + (f": {group['message']}" if group.get("message") else "")
-        rows.append((f"group {name}", f"{', '.join(group['deployments'])} on {node}; {status}"))
+        rows.append((f"group {name}", f"{', '.join(group['deployments'])} on {node}{_gpus_text(group)}; {status}"))
     return rows
+
+
+def _gpus_text(group: dict) -> str:
+    """`, GPU 1 (params: 0)`: the physical GPUs Ray gave a group, and what its params called them."""
+    physical = group.get("ray_gpu_ids") or []
+    if not physical:
+        return ""
+    named = group.get("gpu_map") or {}
+    called = f" (params: {', '.join(named)})" if named and list(named) != [str(v) for v in named.values()] else ""
+    return f", GPU {', '.join(map(str, physical))}{called}"
 
 
 def _calibration_text(calibration: dict) -> str:
