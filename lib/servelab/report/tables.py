@@ -309,7 +309,9 @@ def memory(run_dir: Path, samples: pd.DataFrame, points: pd.DataFrame) -> pd.Dat
     if comparison.empty and endpoints.empty:
         return pd.DataFrame()
     columns = ["deployment", "memory", "predicted_mib", "measured_mib", "error_pct", "peak_mib", "peak_error_pct"]
-    names = {"predicted_mib": "planner MiB", "measured_mib": "idle MiB", "error_pct": "planner vs idle %",
+    if "device_index" in comparison:  # deployments on several GPUs: a row per GPU and deployment
+        columns.insert(1, "device_index")
+    names = {"device_index": "GPU", "predicted_mib": "planner MiB", "measured_mib": "idle MiB", "error_pct": "planner vs idle %",
              "peak_mib": "peak MiB", "peak_error_pct": "planner vs peak %"}
     table = comparison[columns] if not comparison.empty else pd.DataFrame(columns=columns)
     if not endpoints.empty:
@@ -324,7 +326,7 @@ def memory_sentences(samples: pd.DataFrame, table: pd.DataFrame) -> str:
 
     lines = [memory_report.source_sentence(samples)]
     if "planner vs idle %" in table:
-        comparison = table.rename(columns={"planner vs idle %": "error_pct", "planner vs peak %": "peak_error_pct"})
+        comparison = table.rename(columns={"planner vs idle %": "error_pct", "planner vs peak %": "peak_error_pct", "GPU": "device_index"})
         lines.append(memory_report.planner_sentence(comparison.reset_index()))
         lines.append(peak_sentence(samples, table))
     check = memory_report.attribution_check(samples)
@@ -348,8 +350,9 @@ def peak_sentence(samples: pd.DataFrame, table: pd.DataFrame) -> str:
     """Why the planner is further from the peak than from the idle footprint, when it is."""
     if "peak MiB" not in table or "idle MiB" not in table:
         return ""
-    grown = (table["peak MiB"] - table["idle MiB"]).dropna()
-    share = grown / table["idle MiB"].reindex(grown.index)
+    both = table[["peak MiB", "idle MiB"]].dropna()  # a split model's deployment is on several rows, one per GPU
+    grown = both["peak MiB"] - both["idle MiB"]
+    share = grown / both["idle MiB"]
     if grown.empty or not ((grown > PEAK_GROWTH_MIB) | (share > PEAK_GROWTH_SHARE)).any():
         return ""
     worst = grown.idxmax()
