@@ -219,6 +219,29 @@ def load_points(summary: pd.DataFrame) -> pd.DataFrame:
     return table.dropna(axis="columns", how="all").reset_index(drop=True)
 
 
+GROUP_THROUGHPUTS = {"output_tok_s": "output tok/s", "total_tok_s": "total tok/s", "req_s": "req/s"}
+
+
+def group_throughput(summary: pd.DataFrame, params: Params) -> pd.DataFrame:
+    """Per co-location group (the deployments' `group`), at each point where its deployments were loaded at once:
+    their throughputs summed, each over its own requests' span. Empty unless the params name two groups or more."""
+    groups = {d.name: d.group for d in params.deployments if d.group}
+    if len(set(groups.values())) < 2 or summary.empty:
+        return pd.DataFrame()
+    together = summary.get("interference", pd.Series(False, index=summary.index)).fillna(False).astype(bool)
+    rows = summary[together & (summary["stat"] == "value") & summary["metric"].isin(list(GROUP_THROUGHPUTS))]
+    rows = rows.assign(group=rows["deployment"].map(groups)).dropna(subset=["group", "value"])
+    if rows.empty:
+        return pd.DataFrame()
+    keys = ["group", "language", "load_kind", "load_value"]
+    table = rows.pivot_table(index=keys, columns="metric", values="value", aggfunc="sum", sort=False)
+    table = table.reindex(columns=[m for m in GROUP_THROUGHPUTS if m in table]).rename(columns=GROUP_THROUGHPUTS)
+    table.insert(0, "deployments", rows.groupby(keys, sort=False)["deployment"].nunique())
+    table = table.reset_index()
+    table.insert(2, "load", [load_text(k, v) for k, v in zip(table["load_kind"], table["load_value"], strict=True)])
+    return table.drop(columns=["load_kind", "load_value"]).rename_axis(columns=None)
+
+
 PARTIAL = "partial: never finished"
 """The status shown for a point a crash or interrupt cut short; `servelab run --resume` runs it again."""
 
