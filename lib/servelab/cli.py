@@ -178,12 +178,16 @@ def _plan(args: argparse.Namespace) -> int:
     from servelab.observe.nvml import device_total_mib
     from servelab.params import load_params
     from servelab.preflight import check_total_mib
-    from servelab.serve.planner import format_plan, plan
+    from servelab.serve.planner import devices_of, format_plan, format_plans, plan, plan_per_device
 
     params = load_params(args.params)
     total_mib = check_total_mib(args.total_mib)
     if total_mib is None:
         total_mib = device_total_mib(params.memory.device_index)
+    if len(devices_of(params)) > 1:
+        plans = plan_per_device(params, total_mib=total_mib)
+        print(format_plans(plans))
+        return 0 if all(result.fits for result in plans.values()) else DOES_NOT_FIT
     result = plan(params, total_mib=total_mib)
     print(format_plan(result))
     return 0 if result.fits else DOES_NOT_FIT

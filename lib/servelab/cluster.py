@@ -16,7 +16,7 @@ import shutil
 import socket
 import tarfile
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -29,7 +29,7 @@ from servelab.clock import now_ns, wall_anchor
 from servelab.errors import ServelabError
 from servelab.manifest import read_manifest, update_manifest
 from servelab.measure.sweep import FINISHED, plan_points
-from servelab.params import Params, load_params, parse_params
+from servelab.params import Deployment, Params, load_params, parse_params
 from servelab.records import (
     GPU_FILE,
     HOST_MEMORY_FILE,
@@ -143,6 +143,54 @@ def clock_offset_ns(node_anchor: dict[str, Any], head_anchor: dict[str, Any]) ->
     return node_base - head_base
 
 
+# ----------------------------------------------------------------------------------------------- GPUs Ray gave
+def gpu_map(group: str, deployments: Sequence[Deployment], ray_gpu_ids: Sequence[str]) -> dict[int, int]:
+    """The GPUs a group's deployments name, sorted, -> the physical ids Ray gave its actor, in Ray's order.
+
+    Ray sets the actor's CUDA_VISIBLE_DEVICES to its ids, but a deployment that names `gpus` sets
+    CUDA_VISIBLE_DEVICES from its own numbers, so `gpus: [0]` would run on GPU 0 whichever GPU Ray gave. Empty
+    when Ray gave no GPUs (a stand-in resource). Raises ClusterError when Ray gave fewer than the group names,
+    or an id that is not an index."""
+    if not ray_gpu_ids:
+        return {}
+    try:
+        assigned = [int(gpu) for gpu in ray_gpu_ids]
+    except ValueError:
+        raise ClusterError(
+            f"group {group}: Ray gave GPU ids {list(ray_gpu_ids)}, not indices; start the node without "
+            f"CUDA_VISIBLE_DEVICES set to UUIDs, or with --num-gpus and no CUDA_VISIBLE_DEVICES"
+        ) from None
+    named = sorted(set().union(*(_gpus_of(d) for d in deployments)))
+    if len(named) > len(assigned):
+        raise ClusterError(
+            f"group {group}: its deployments name GPUs {named} but Ray gave it {len(assigned)} ({assigned}); "
+            f"the group asks Ray for one GPU per GPU it names, so check the node's --num-gpus and that no other "
+            f"actor holds its GPUs"
+        )
+    return dict(zip(named, assigned, strict=False))
+
+
+def placed_params(params: Params, group: str, ray_gpu_ids: Sequence[str]) -> tuple[Params, dict[int, int]]:
+    """`params` with each deployment's `gpus` put onto the physical GPUs Ray gave the group (all of them for a
+    deployment that names none), and memory.device_index on the first; and the mapping. Unchanged without
+    Ray GPUs."""
+    mapping = gpu_map(group, params.deployments, ray_gpu_ids)
+    if not ray_gpu_ids:
+        return params, mapping
+    assigned = [int(gpu) for gpu in ray_gpu_ids]
+    data = params.model_dump(mode="json")
+    for deployment in data["deployments"]:
+        if "CUDA_VISIBLE_DEVICES" in deployment["env"]:
+            raise ClusterError(
+                f"group {group}: deployment {deployment['name']} sets env.CUDA_VISIBLE_DEVICES, which would override "
+                f"the GPUs Ray gave the group ({assigned}); remove it and name the GPUs with gpus"
+            )
+        named = deployment["gpus"]
+        deployment["gpus"] = [mapping[index] for index in named] if named else assigned
+    data["memory"]["device_index"] = assigned[0]
+    return parse_params(data, f"group {group} placed on GPUs {assigned}"), mapping
+
+
 # ----------------------------------------------------------------------------------------------- on the node
 @dataclass
 class GroupOutcome:
@@ -158,6 +206,8 @@ class GroupOutcome:
     message: str | None = None
     archive: bytes = b""
     ray_gpu_ids: list[str] = field(default_factory=list)
+    gpu_map: dict[str, int] = field(default_factory=dict)
+    """The group's GPUs as its params name them (str keys, as JSON keeps them) -> the physical ids Ray gave it."""
 
 
 def _pack(folder: Path) -> bytes:
@@ -201,21 +251,21 @@ def run_group(params_data: dict[str, Any], params_file: str, run_id: str, group:
     from servelab.measure.sweep import run_sweep
 
     node = where_am_i()
-    params = parse_params(params_data, params_file)
-    if node["ray_gpu_ids"]:  # Ray set CUDA_VISIBLE_DEVICES for the engines; NVML counts physical devices
-        device = int(node["ray_gpu_ids"][0])
-        params = params.model_copy(update={"memory": params.memory.model_copy(update={"device_index": device})})
     folder = Path(tempfile.gettempdir()) / SCRATCH_DIR / run_id / group
     shutil.rmtree(folder, ignore_errors=True)
     outcome = GroupOutcome(group=group, anchor={}, status="done", **node)
     try:
+        params, mapping = placed_params(parse_params(params_data, params_file), group, node["ray_gpu_ids"])
+        outcome.gpu_map = {str(named): physical for named, physical in mapping.items()}
+        if mapping:
+            log.info("group %s: its GPUs %s run on Ray's %s", group, sorted(mapping), list(mapping.values()))
         create_run(params, params_file, folder)
         outcome.anchor = read_manifest(folder)["clock"]["anchor"]
         with lab(params, folder) as current:
             run_sweep(params, folder, current.fleet, progress=False)
     except ServelabError as error:
         outcome.status, outcome.message = "failed", str(error)
-    outcome.archive = _pack(folder)
+    outcome.archive = _pack(folder) if folder.is_dir() else b""
     shutil.rmtree(folder, ignore_errors=True)
     return outcome
 
@@ -259,6 +309,16 @@ def _failed_point_rows(params: Params, group: Group, folder: Path, start_ns: int
     return rows
 
 
+def _own_devices(samples: pd.DataFrame, ray_gpu_ids: Sequence[str]) -> pd.DataFrame:
+    """A group's samples of the GPUs Ray gave it, and of the host; all of them without Ray GPUs. Each group's
+    sampler reads every GPU of its node, where another group's servers are strangers to it: the joined run keeps
+    each GPU's rows from the group that holds it, so memory per device is attributed once."""
+    if not ray_gpu_ids or "device_index" not in samples:
+        return samples
+    own = {int(gpu) for gpu in ray_gpu_ids}
+    return samples[samples["device_index"].isna() | samples["device_index"].isin(own)].reset_index(drop=True)
+
+
 def join_groups(params: Params, run_dir: Path) -> None:
     """Rebuild the run folder's records from `groups/<group>/`: times on the head's clock, points tagged with
     group and node, and a failed point for everything a group did not finish. Each group's folder is kept."""
@@ -284,7 +344,7 @@ def join_groups(params: Params, run_dir: Path) -> None:
             for name, frames in memory.items():
                 path = folder / name
                 if path.exists() and path.stat().st_size > 0:
-                    frame = pd.read_csv(path)
+                    frame = _own_devices(pd.read_csv(path), state.get("ray_gpu_ids") or [])
                     frame["t_ns"] = frame["t_ns"] + offset
                     frames.append(frame)
             for name, engine in read_manifest(folder).get("engines", {}).items():
@@ -431,10 +491,11 @@ def _receive(ray: Any, ref: Any, group: Group, run_dir: Path, state: dict[str, A
         return
     folder = run_dir / GROUPS_DIR / group.name
     shutil.rmtree(folder, ignore_errors=True)
-    _unpack(outcome.archive, folder)
+    if outcome.archive:  # none when the group failed before its run folder was made
+        _unpack(outcome.archive, folder)
     state.update(
         status=outcome.status, message=outcome.message, node_id=outcome.node_id, node_ip=outcome.node_ip,
-        hostname=outcome.hostname, anchor=outcome.anchor, ray_gpu_ids=outcome.ray_gpu_ids,
+        hostname=outcome.hostname, anchor=outcome.anchor, ray_gpu_ids=outcome.ray_gpu_ids, gpu_map=outcome.gpu_map,
     )
     log.info("group %s: %s on node %s (%s)", group.name, outcome.status, outcome.node_id[:12], outcome.node_ip)
 

@@ -39,27 +39,49 @@ def check_prompts_file(params: Params, source: str, *, also_from: Path | None = 
 def check_memory(params: Params, total_mib: float | None = None) -> str | None:
     """Plan every deployment before any starts, and refuse a mix that does not fit with the planner's suggested
     fractions. Against `total_mib` when given, else the local GPU (what other processes hold already counts);
-    returns the plan's text, or None when there is nothing to check (no GPU here and no total given)."""
-    from servelab.serve.planner import DEFAULT_RESERVE_MIB, format_plan, plan
+    returns the plan's text, or None when there is nothing to check (no GPU here and no total given). Deployments
+    on several GPUs (`gpus`, parallel sizes) are planned on each GPU they use, every GPU of `total_mib`."""
+    from servelab.serve.planner import devices_of, format_plan, format_plans, gpus_of, plan
 
-    reserve_mib = DEFAULT_RESERVE_MIB
-    if total_mib is None:
-        from servelab.observe import free_device_mib
-
-        device = free_device_mib(params.memory.device_index)
-        if device is None:
+    devices = devices_of(params)
+    if len(devices) > 1:
+        plans = {}
+        for index in devices:
+            budget = _budget(index, total_mib)
+            if budget is None:
+                return None
+            on_device = [d for d in params.deployments if index in gpus_of(d)]
+            plans[index] = plan(on_device, total_mib=budget[0], reserve_mib=budget[1])
+        results, text = list(plans.values()), format_plans(plans)
+        where = "on GPU " + ", ".join(str(index) for index, result in plans.items() if not result.fits)
+    else:
+        budget = _budget(params.memory.device_index, total_mib)
+        if budget is None:
             return None
-        total_mib = device.total_mib
-        reserve_mib = max(DEFAULT_RESERVE_MIB, device.total_mib - device.free_mib)
-    result = plan(params, total_mib=total_mib, reserve_mib=reserve_mib)
-    if not any(footprint.memory == "gpu" for footprint in result.footprints):
+        results = [plan(params, total_mib=budget[0], reserve_mib=budget[1])]
+        text, where = format_plan(results[0]), "on the GPU"
+    if not any(footprint.memory == "gpu" for result in results for footprint in result.footprints):
         return None
-    text = format_plan(result)
-    if not result.fits:
+    if not all(result.fits for result in results):
         fix = (
             "set the suggested values in the params file"
-            if result.suggestions
+            if any(result.suggestions for result in results)
             else "lower the memory fractions or run fewer deployments together"
         )
-        raise DeployError(f"the deployments do not fit on the GPU, so nothing was started; {fix}:\n{text}")
+        raise DeployError(f"the deployments do not fit {where}, so nothing was started; {fix}:\n{text}")
     return text
+
+
+def _budget(device_index: int, total_mib: float | None) -> tuple[float, float] | None:
+    """(total, reserve) MiB to plan GPU `device_index` with: `total_mib` and the default reserve when given, else
+    the local GPU's total and what is held there already; None without either."""
+    from servelab.serve.planner import DEFAULT_RESERVE_MIB
+
+    if total_mib is not None:
+        return total_mib, DEFAULT_RESERVE_MIB
+    from servelab.observe import free_device_mib
+
+    device = free_device_mib(device_index)
+    if device is None:
+        return None
+    return device.total_mib, max(DEFAULT_RESERVE_MIB, device.total_mib - device.free_mib)

@@ -5,6 +5,10 @@ Ray registers a node under the host's outward address even when told `--node-ip-
 namespace whose only interface is `lo` it has no other address, so every byte stays on loopback. Making the
 namespace needs root (CI runs as root). Each node gets its own TMPDIR, so a test can tell which node's scratch
 folder holds which group.
+
+`loopback_ray_node_with_declared_gpus` is one node that declares two GPUs (`ray start --num-gpus 2`) on this
+host, which has none: Ray hands out GPU ids 0 and 1 and sets CUDA_VISIBLE_DEVICES for each actor as it would on a
+two-GPU host. They are stand-ins: only an engine that ignores CUDA_VISIBLE_DEVICES (the embedded llama.cpp) runs.
 """
 
 from __future__ import annotations
@@ -29,6 +33,9 @@ PORT = 6379
 STAND_IN = "fake_gpu"
 NODE_FLAGS = ("--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--resources", f'{{"{STAND_IN}": 1}}',
               "--object-store-memory", "100000000")
+DECLARED_GPUS = 2
+GPU_NODE_FLAGS = ("--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--num-gpus", str(DECLARED_GPUS),
+                  "--object-store-memory", "100000000")
 START_TIMEOUT_S = 300.0
 
 
@@ -39,7 +46,8 @@ class LoopbackCluster:
     env: dict[str, str]
     head_tmp: Path
     worker_tmp: Path
-    worker: subprocess.Popen[bytes]
+    worker: subprocess.Popen[bytes] | None
+    """None for a cluster of the head alone."""
 
     def command(self, *args: str) -> list[str]:
         """`args` as run inside the cluster's namespace, with the cluster's environment."""
@@ -51,8 +59,13 @@ class LoopbackCluster:
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
 
+    def pids(self) -> list[int]:
+        """Every process in the cluster's namespace: its nodes', its actors' and the servers they start."""
+        return _pids_in(self.namespace)
+
     def kill_worker_node(self) -> None:
         """SIGKILL every process of the worker node (its raylet and agents share the process group of its `ray start`)."""
+        assert self.worker is not None, "this cluster has no worker node"
         os.killpg(self.worker.pid, signal.SIGKILL)
         self.worker.wait(timeout=30)
 
@@ -92,27 +105,30 @@ def _first_in_line() -> Iterator[None]:
         autogroup.write_text(before)
 
 
+def _pids_in(namespace: str) -> list[int]:
+    listed = subprocess.run(["ip", "netns", "pids", namespace], capture_output=True, text=True, check=False)
+    return [int(pid) for pid in listed.stdout.split()]
+
+
 def _stop_everything_in(namespace: str) -> None:
     """End the cluster: every process in the test's own namespace, by id (not `ray stop`, which ends every Ray
     process of the host by name, other people's included), SIGTERM first, then SIGKILL what is left."""
 
-    def pids() -> list[int]:
-        listed = subprocess.run(["ip", "netns", "pids", namespace], capture_output=True, text=True, check=False)
-        return [int(pid) for pid in listed.stdout.split()]
-
     for sig, grace_s in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
-        for pid in pids():
+        for pid in _pids_in(namespace):
             try:
                 os.kill(pid, sig)
             except ProcessLookupError:
                 pass
         deadline = time.monotonic() + grace_s
-        while pids() and time.monotonic() < deadline:
+        while _pids_in(namespace) and time.monotonic() < deadline:
             time.sleep(0.2)
 
 
-@pytest.fixture
-def loopback_ray_cluster() -> Iterator[LoopbackCluster]:
+@contextmanager
+def _loopback(head_flags: tuple[str, ...], with_worker: bool) -> Iterator[LoopbackCluster]:
+    """A head with `head_flags` (and a worker node with NODE_FLAGS) in a network namespace of its own; all of it
+    ended and removed afterwards."""
     namespace = f"servelab-{uuid.uuid4().hex[:8]}"
     # Short: Ray's unix sockets live under its temp dir and their paths must fit in 107 bytes.
     root = Path(tempfile.mkdtemp(prefix="slray", dir="/tmp"))
@@ -134,29 +150,30 @@ def loopback_ray_cluster() -> Iterator[LoopbackCluster]:
     subprocess.run(["ip", "netns", "add", namespace], check=True)
     try:
         subprocess.run(["ip", "netns", "exec", namespace, "ip", "link", "set", "lo", "up"], check=True)
-        cluster = LoopbackCluster(namespace, f"127.0.0.1:{PORT}", env, head_tmp, worker_tmp, None)  # type: ignore[arg-type]
+        cluster = LoopbackCluster(namespace, f"127.0.0.1:{PORT}", env, head_tmp, worker_tmp, None)
         starting.enter_context(_first_in_line())
         in_head = {**env, "TMPDIR": str(head_tmp)}
         _run([
             "ip", "netns", "exec", namespace, "env", *(f"{k}={v}" for k, v in in_head.items()),
-            "ray", "start", "--head", "--port", str(PORT), *NODE_FLAGS, "--include-dashboard=false",
+            "ray", "start", "--head", "--port", str(PORT), *head_flags, "--include-dashboard=false",
             "--disable-usage-stats", "--temp-dir", str(root / "ray"), "--min-worker-port", "10002", "--max-worker-port", "10999",
         ])
-        in_worker = {**env, "TMPDIR": str(worker_tmp)}
-        worker_log = root / "worker.log"
-        with open(worker_log, "wb") as log:
-            worker = subprocess.Popen(
-                [
-                    "ip", "netns", "exec", namespace, "env", *(f"{k}={v}" for k, v in in_worker.items()),
-                    "ray", "start", "--address", cluster.address, *NODE_FLAGS, "--block",
-                    "--min-worker-port", "11000", "--max-worker-port", "11999",
-                    # The head's agents hold the default ports on this same loopback.
-                    "--dashboard-agent-listen-port", "52400", "--dashboard-agent-grpc-port", "52401",
-                    "--metrics-export-port", "52402", "--runtime-env-agent-port", "52403",
-                ],
-                stdout=log, stderr=subprocess.STDOUT, process_group=0,
-            )
-        _wait_for_line(worker_log, "Ray runtime started", worker)
+        if with_worker:
+            in_worker = {**env, "TMPDIR": str(worker_tmp)}
+            worker_log = root / "worker.log"
+            with open(worker_log, "wb") as log:
+                worker = subprocess.Popen(
+                    [
+                        "ip", "netns", "exec", namespace, "env", *(f"{k}={v}" for k, v in in_worker.items()),
+                        "ray", "start", "--address", cluster.address, *NODE_FLAGS, "--block",
+                        "--min-worker-port", "11000", "--max-worker-port", "11999",
+                        # The head's agents hold the default ports on this same loopback.
+                        "--dashboard-agent-listen-port", "52400", "--dashboard-agent-grpc-port", "52401",
+                        "--metrics-export-port", "52402", "--runtime-env-agent-port", "52403",
+                    ],
+                    stdout=log, stderr=subprocess.STDOUT, process_group=0,
+                )
+            _wait_for_line(worker_log, "Ray runtime started", worker)
         starting.close()
         cluster.worker = worker
         yield cluster
@@ -168,3 +185,17 @@ def loopback_ray_cluster() -> Iterator[LoopbackCluster]:
         _stop_everything_in(namespace)
         subprocess.run(["ip", "netns", "del", namespace], check=False)
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def loopback_ray_cluster() -> Iterator[LoopbackCluster]:
+    """A head and a worker node, each with one `fake_gpu`."""
+    with _loopback(NODE_FLAGS, with_worker=True) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def loopback_ray_node_with_declared_gpus() -> Iterator[LoopbackCluster]:
+    """One node that declares DECLARED_GPUS GPUs it does not have; Ray hands out their ids all the same."""
+    with _loopback(GPU_NODE_FLAGS, with_worker=False) as cluster:
+        yield cluster

@@ -52,6 +52,22 @@ def test_plan_exits_non_zero_when_the_mix_does_not_fit_and_zero_when_it_does(tmp
     assert code == 0 and "fits" in text and "NOT" not in text
 
 
+def test_plan_and_dry_run_plan_each_gpu_of_a_two_gpu_mix_and_refuse_naming_the_gpu_that_does_not_fit(tmp_path, capsys):
+    """Expectation: two groups of 0.4 + 0.3, one on each GPU, fit (each GPU on its own, not 1.4 of one GPU);
+    raising GPU 1's pair to 0.6 + 0.5 makes `plan` exit 1 and `run --dry-run` refuse, both naming GPU 1."""
+    on_each = [_vllm("a0", 0.4) | {"gpus": [0]}, _vllm("b0", 0.3) | {"gpus": [0]},
+               _vllm("a1", 0.4) | {"gpus": [1]}, _vllm("b1", 0.3) | {"gpus": [1]}]
+    code, text = _cli(capsys, "plan", str(_params(tmp_path, on_each)), "--total-mib", H200_MIB)
+    assert code == 0 and "GPU 0:" in text and "GPU 1:" in text and "NOT" not in text
+    code, text = _cli(capsys, "run", str(_params(tmp_path, on_each)), "--dry-run", "--total-mib", H200_MIB)
+    assert code == 0 and "GPU 1:" in text
+    too_big = on_each[:2] + [_vllm("a1", 0.6) | {"gpus": [1]}, _vllm("b1", 0.5) | {"gpus": [1]}]
+    code, text = _cli(capsys, "plan", str(_params(tmp_path, too_big)), "--total-mib", H200_MIB)
+    assert code == 1 and text.index("does NOT fit") > text.index("GPU 1:")
+    code, text = _cli(capsys, "run", str(_params(tmp_path, too_big)), "--dry-run", "--total-mib", H200_MIB)
+    assert code != 0 and "do not fit on GPU 1, so nothing was started" in text and "Traceback" not in text
+
+
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf", "0", "-5"])
 def test_a_total_mib_that_is_not_a_positive_number_gives_one_clear_line(tmp_path, capsys, value):
     """Expectation: `plan --total-mib nan|inf|-inf|0|-5` and `run --dry-run --total-mib ...` exit 2 with one line

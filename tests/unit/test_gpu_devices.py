@@ -13,6 +13,8 @@ from types import SimpleNamespace
 import pandas as pd
 import pynvml
 import pytest
+from servelab.analyse.memory_tables import planner_comparison, planner_sentence
+from servelab.analyse.plots import planner_vs_measured
 from servelab.observe import (
     DEVICE,
     NO_PROCESS,
@@ -28,7 +30,10 @@ from servelab.observe import (
     read_samples,
 )
 from servelab.observe.energy import device_energy_intervals
+from servelab.params import parse_params
 from servelab.records import GPU_FILE, HOST_MEMORY_FILE
+from servelab.report.tables import peak_sentence
+from servelab.serve.engines.vllm import VLLM_CUDA_CONTEXT_MIB
 
 RECORDED = Path(__file__).resolve().parents[1] / "data" / "recorded"
 READINGS = json.loads((RECORDED / "nvml-two-devices.json").read_text())
@@ -200,3 +205,28 @@ def test_a_gpu_csv_of_one_device_written_before_reads_the_same_per_device(tmp_pa
     per_device = peaks_by_device(samples).set_index("deployment")
     assert per_device["device_index"].eq(0).all()
     pd.testing.assert_series_equal(per_device["peak_mib"].sort_index(), whole.sort_index())
+
+
+def test_the_planner_is_set_against_each_gpu_and_a_split_model_is_compared_on_each_of_its_gpus(two_gpu_run: tuple[pd.DataFrame, dict]) -> None:
+    samples, _ = two_gpu_run
+    total = 143_771
+
+    def vllm(name: str, mib: float, gpus: list[int], tensor_parallel_size: int = 1) -> dict:
+        utilization = round((mib - VLLM_CUDA_CONTEXT_MIB) / total, 4)
+        engine = {"kind": "vllm", "gpu_memory_utilization": utilization, "tensor_parallel_size": tensor_parallel_size}
+        return {"name": name, "model": "Qwen/Qwen2.5-3B-Instruct", "gpus": gpus, "engine": engine}
+
+    params = parse_params({"name": "two-gpus", "sweep": {"load": [{"kind": "concurrency", "values": [1]}]},
+                           "deployments": [vllm("split-tp2", 40_500, [0, 1], 2), vllm("small", 22_250, [1])]})
+    under_load = samples.loc[samples["used_mib"] == 22_872, "t_ns"]
+    points = pd.DataFrame({"point_id": ["small/en/c-8"], "start_ns": [under_load.min()], "end_ns": [under_load.max()]})
+    comparison = planner_comparison(params, samples, points)
+    rows = comparison.set_index(["device_index", "deployment"])
+    assert sorted(rows.index) == [(0, "split-tp2"), (1, "small"), (1, "split-tp2")]
+    assert rows.loc[(0, "split-tp2"), "measured_mib"] == rows.loc[(1, "split-tp2"), "measured_mib"] == 40_500
+    assert rows.loc[(1, "small"), "measured_mib"] == 22_250 and rows.loc[(1, "small"), "peak_mib"] == 22_872
+    assert rows["error_pct"].abs().max() < 0.1, "each GPU's half against its own GPU's prediction, not the sum of both"
+    assert "on any one GPU" in planner_sentence(comparison)
+    assert planner_vs_measured(comparison).alt.count("on GPU") == 3
+    table = comparison.rename(columns={"measured_mib": "idle MiB", "peak_mib": "peak MiB"}).set_index("deployment")
+    assert "small grew by 622 MiB" in peak_sentence(samples, table)

@@ -3,11 +3,14 @@ reservation, CUDA_VISIBLE_DEVICES for a native launch, and the planner per GPU (
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
-from servelab.errors import ParamsError
-from servelab.params import Deployment, Params, parse_params
+from servelab.cluster import form_groups
+from servelab.errors import DeployError, ParamsError
+from servelab.params import Deployment, Params, load_params, parse_params
+from servelab.preflight import check_memory
 from servelab.serve.compose import compose_document
 from servelab.serve.deploy import gpu_environment
 from servelab.serve.engines import adapter_for
@@ -15,6 +18,7 @@ from servelab.serve.engines.vllm import VLLM_CUDA_CONTEXT_MIB
 from servelab.serve.planner import gpus_of, plan_per_device
 
 H200_TOTAL_MIB = 143_771
+REPO = Path(__file__).resolve().parents[2]
 
 
 def params(*deployments: dict[str, Any]) -> Params:
@@ -124,3 +128,34 @@ def test_the_planner_plans_each_gpu_with_a_split_model_on_every_gpu_it_spans() -
 def test_a_gpu_given_more_than_it_holds_is_the_one_that_does_not_fit() -> None:
     plans = plan_per_device(params(vllm("split", 0.6, [0, 1], tensor_parallel_size=2), vllm("extra", 0.5, [1])), H200_TOTAL_MIB)
     assert plans[0].fits and not plans[1].fits
+
+
+# ----------------------------------------------------------------------------------------------- issue 21's params
+def test_the_two_gpu_params_parse_and_plan_each_gpu_they_use_and_fit_an_h200() -> None:
+    root = REPO / "params"
+    expected = {
+        "h200x2-tp.yaml": {0: ["yi-6b-tp2"], 1: ["yi-6b-tp2"]},
+        "h200x2-tp-sglang.yaml": {0: ["yi-6b-tp2-sglang"], 1: ["yi-6b-tp2-sglang"]},
+        "h200x2-two-groups.yaml": {0: ["tinyllama-g0", "qwen2.5-3b-g0"], 1: ["tinyllama-g1", "qwen2.5-3b-g1"]},
+    }
+    for name, on_device in expected.items():
+        loaded = load_params(root / name)
+        plans = plan_per_device(loaded, H200_TOTAL_MIB)
+        assert {index: [f.deployment for f in result.footprints] for index, result in plans.items()} == on_device, name
+        assert all(result.fits and not result.warnings for result in plans.values()), name
+        text = check_memory(loaded, H200_TOTAL_MIB)
+        assert text is not None and "GPU 0:" in text and "GPU 1:" in text, name
+
+
+def test_a_run_whose_second_gpu_does_not_fit_is_refused_naming_that_gpu() -> None:
+    with pytest.raises(DeployError, match=r"do not fit on GPU 1, so nothing was started"):
+        check_memory(params(vllm("split", 0.6, [0, 1], tensor_parallel_size=2), vllm("extra", 0.5, [1])), H200_TOTAL_MIB)
+
+
+def test_the_two_group_params_form_one_cluster_group_per_gpu_and_the_split_model_one_group_of_two() -> None:
+    root = REPO / "params"
+    groups = form_groups(load_params(root / "h200x2-two-groups.yaml"))
+    assert [(g.name, g.deployments, g.gpus) for g in groups] == [
+        ("gpu0", ("tinyllama-g0", "qwen2.5-3b-g0"), 1), ("gpu1", ("tinyllama-g1", "qwen2.5-3b-g1"), 1)
+    ]
+    assert [(g.deployments, g.gpus) for g in form_groups(load_params(root / "h200x2-tp.yaml"))] == [(("yi-6b-tp2",), 2)]

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 from servelab.analyse import frames
 from servelab.errors import OutputsError
+from servelab.params import parse_params
 from servelab.report import tables
 from servelab.report.display import percent, signed_percent, table_html
 from servelab.report.html import check_figures, report_blocks
@@ -151,3 +152,22 @@ def test_the_load_points_table_of_a_run_with_one_load_point_has_its_one_row() ->
     assert table.to_dict("records") == [
         {"deployment": "a", "language": "en", "load": "c\u00a0=\u00a01", "output (tok/s)": 5.0, "TTFT p50 (ms)": 20.0, "success": 1.0}
     ]
+
+
+def test_throughput_per_group_sums_each_groups_deployments_at_the_points_where_all_were_loaded(vllm: RunReport) -> None:
+    assert tables.group_throughput(vllm.summary, vllm.params).empty, "no groups named: no table"
+    data = vllm.params.model_dump(mode="json")
+    for deployment in data["deployments"]:
+        deployment["group"] = "small" if deployment["name"] in ("tinyllama", "qwen2.5-3b") else "large"
+    grouped = parse_params(data, "grouped")
+    table = tables.group_throughput(vllm.summary, grouped)
+    together = vllm.summary[vllm.summary["interference"].fillna(False).astype(bool)]
+    output = together[(together["metric"] == "output_tok_s") & (together["stat"] == "value")]
+    assert set(table["group"]) == {"small", "large"}
+    assert len(table) == 2 * output.groupby(["language", "load_value"]).ngroups
+    first = output.iloc[0]
+    at = output[(output["language"] == first["language"]) & (output["load_value"] == first["load_value"])]
+    small = table[(table["group"] == "small") & (table["language"] == first["language"])
+                  & (table["load"] == tables.load_text(first["load_kind"], first["load_value"]))]
+    assert small["deployments"].item() == 2
+    assert small["output tok/s"].item() == pytest.approx(at[at["deployment"].isin(["tinyllama", "qwen2.5-3b"])]["value"].sum())

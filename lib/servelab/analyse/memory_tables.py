@@ -9,12 +9,16 @@ import pandas as pd
 from servelab.analyse.metrics import percent_off
 from servelab.observe import (
     DEVICE,
+    UNATTRIBUTED,
     attribution_gap,
     baseline_used_mib,
     energy_per_deployment,
+    idle_by_device,
     idle_footprint,
     memory_under_load,
+    on_device,
     peaks,
+    peaks_by_device,
 )
 from servelab.params import Params
 from servelab.records import LOADED_MODELS_FILE, read_jsonl
@@ -75,7 +79,12 @@ def planner_comparison(params: Params, samples: pd.DataFrame, points: pd.DataFra
     the peak under load, and the seed's formula (weights + available x utilization + overhead) for vLLM.
 
     Both matter to whoever co-locates: the idle footprint is what each framework reserves; the peak is what the
-    next model must leave room for (SGLang and vLLM both allocate some working memory beyond it under load)."""
+    next model must leave room for (SGLang and vLLM both allocate some working memory beyond it under load).
+
+    Where deployments held memory on more than one GPU, the table is per GPU instead (`device_index` first):
+    see `planner_comparison_by_device`."""
+    if _source(samples) == "nvml" and len(_held(samples)) > 1:
+        return planner_comparison_by_device(params, samples, points)
     measured = _measured_mib(samples, points)
     top = peaks(samples).set_index("deployment")["peak_mib"]
     total = _total_mib(samples)
@@ -108,11 +117,54 @@ def planner_comparison(params: Params, samples: pd.DataFrame, points: pd.DataFra
     return pd.DataFrame(rows)
 
 
+def _held(samples: pd.DataFrame) -> dict[int, set[str]]:
+    """GPU -> the deployments whose processes held memory on it at some time, as measured."""
+    table = peaks_by_device(samples)
+    held = table[(table["peak_mib"] > 0) & ~table["deployment"].isin([DEVICE, UNATTRIBUTED])]
+    return {int(index): set(group["deployment"]) for index, group in held.groupby("device_index")}
+
+
+def _mib(value: object) -> float | None:
+    return None if value is None or pd.isna(value) else float(value)  # type: ignore[arg-type]
+
+
+def planner_comparison_by_device(params: Params, samples: pd.DataFrame, points: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per GPU, and on it per deployment in start order: that GPU's plan (the deployments measured on it, planned
+    against its own total) against each deployment's idle footprint and peak on that GPU. A model split over two
+    GPUs has a row on each. Which deployment is on which GPU is read from the samples, not the params: under
+    `--cluster`, Ray puts a group's `gpus` onto the GPUs it gave, and NVML numbers GPUs as it does."""
+    idle = idle_by_device(samples, points).set_index(["device_index", "deployment"])["idle_mib"]
+    top = peaks_by_device(samples).set_index(["device_index", "deployment"])["peak_mib"]
+    rows = []
+    for index, names in sorted(_held(samples).items()):
+        total = _total_mib(on_device(samples, index))
+        deployments = [d for d in params.deployments if d.name in names]
+        if total is None or not deployments:
+            continue
+        for footprint in plan(deployments, total_mib=total, reserve_mib=0.0).footprints:
+            if footprint.memory != "gpu":
+                continue
+            got, peak = (_mib(table.get((index, footprint.deployment))) for table in (idle, top))
+            rows.append({
+                "device_index": index,
+                "deployment": footprint.deployment,
+                "memory": footprint.memory,
+                "formula": footprint.formula,
+                "predicted_mib": round(footprint.predicted_mib, 1),
+                "measured_mib": None if got is None else round(got, 1),
+                "error_pct": percent_off(footprint.predicted_mib, got),
+                "peak_mib": None if peak is None else round(peak, 1),
+                "peak_error_pct": percent_off(footprint.predicted_mib, peak),
+            })
+    return pd.DataFrame(rows)
+
+
 def planner_sentence(comparison: pd.DataFrame) -> str:
     if comparison.empty or comparison["error_pct"].isna().all():
         return "No deployment could be compared with the planner (no matching measurement)."
     worst = comparison["error_pct"].abs().max()
-    text = f"The planner's largest error is {worst:.1f} % of the idle footprint"
+    per_gpu = " on any one GPU" if "device_index" in comparison else ""
+    text = f"The planner's largest error{per_gpu} is {worst:.1f} % of the idle footprint"
     if "peak_error_pct" in comparison and comparison["peak_error_pct"].notna().any():
         text += f" and {comparison['peak_error_pct'].abs().max():.1f} % of the peak under load"
     text += "."

@@ -233,6 +233,8 @@ def planner_vs_measured(comparison: pd.DataFrame) -> Chart:
         return _empty("nothing to compare")
     names = {"predicted_mib": "planner", "measured_mib": "idle", "peak_mib": "peak under load"}
     present = [column for column in names if column in comparison and comparison[column].notna().any()]
+    if "device_index" in comparison:  # per GPU: a bar group for each deployment on each GPU
+        comparison = comparison.assign(deployment=comparison["deployment"] + " on GPU " + comparison["device_index"].astype(str))
     long = comparison.rename(columns=names).melt(
         id_vars=["deployment"], value_vars=[names[c] for c in present], var_name="what", value_name="mib"
     )

@@ -107,6 +107,19 @@ class RunReport:
         section.add(plots.latency_percentiles(self.summary))
         return section.text(self.conditions())
 
+    def groups(self) -> Section | None:
+        table = tables.group_throughput(self.summary, self.params)
+        if table.empty or not self.measured:
+            return None
+        section = Section("Throughput per co-location group", slug="groups")
+        section.text(
+            "Each group's deployments summed at the points where they were loaded together (each deployment's "
+            "throughput over its own requests' span). Run on one host, those points load every deployment at once, "
+            "every group's included. Under --cluster each group runs them in its own sweep, beside whatever the "
+            "other groups run then, not in step with them."
+        )
+        return section.add(table_html(table))
+
     def memory(self) -> Section | None:
         if self.samples.empty:
             return None
@@ -163,6 +176,6 @@ class RunReport:
 
     def sections(self) -> list[Section]:
         """Every section this run has data for, in reading order."""
-        made = [self.header(), self.answer(), self.validity(), self.performance(), self.memory(), self.languages(),
+        made = [self.header(), self.answer(), self.validity(), self.performance(), self.groups(), self.memory(), self.languages(),
                 self.agreement(), self.failures(), self.load_points()]
         return [section for section in made if section is not None]

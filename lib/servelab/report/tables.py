@@ -59,8 +59,18 @@ def _cluster_rows(cluster: dict | None) -> list[tuple[str, str]]:
     for name, group in cluster.get("groups", {}).items():
         node = f"node {group['node_id'][:12]} at {group.get('node_ip')} ({group.get('hostname')})" if group.get("node_id") else "no node"
         status = group["status"] + (f": {group['message']}" if group.get("message") else "")
-        rows.append((f"group {name}", f"{', '.join(group['deployments'])} on {node}; {status}"))
+        rows.append((f"group {name}", f"{', '.join(group['deployments'])} on {node}{_gpus_text(group)}; {status}"))
     return rows
+
+
+def _gpus_text(group: dict) -> str:
+    """`, GPU 1 (params: 0)`: the physical GPUs Ray gave a group, and what its params called them."""
+    physical = group.get("ray_gpu_ids") or []
+    if not physical:
+        return ""
+    named = group.get("gpu_map") or {}
+    called = f" (params: {', '.join(named)})" if named and list(named) != [str(v) for v in named.values()] else ""
+    return f", GPU {', '.join(map(str, physical))}{called}"
 
 
 def _calibration_text(calibration: dict) -> str:
@@ -209,6 +219,29 @@ def load_points(summary: pd.DataFrame) -> pd.DataFrame:
     return table.dropna(axis="columns", how="all").reset_index(drop=True)
 
 
+GROUP_THROUGHPUTS = {"output_tok_s": "output tok/s", "total_tok_s": "total tok/s", "req_s": "req/s"}
+
+
+def group_throughput(summary: pd.DataFrame, params: Params) -> pd.DataFrame:
+    """Per co-location group (the deployments' `group`), at each point where its deployments were loaded at once:
+    their throughputs summed, each over its own requests' span. Empty unless the params name two groups or more."""
+    groups = {d.name: d.group for d in params.deployments if d.group}
+    if len(set(groups.values())) < 2 or summary.empty:
+        return pd.DataFrame()
+    together = summary.get("interference", pd.Series(False, index=summary.index)).fillna(False).astype(bool)
+    rows = summary[together & (summary["stat"] == "value") & summary["metric"].isin(list(GROUP_THROUGHPUTS))]
+    rows = rows.assign(group=rows["deployment"].map(groups)).dropna(subset=["group", "value"])
+    if rows.empty:
+        return pd.DataFrame()
+    keys = ["group", "language", "load_kind", "load_value"]
+    table = rows.pivot_table(index=keys, columns="metric", values="value", aggfunc="sum", sort=False)
+    table = table.reindex(columns=[m for m in GROUP_THROUGHPUTS if m in table]).rename(columns=GROUP_THROUGHPUTS)
+    table.insert(0, "deployments", rows.groupby(keys, sort=False)["deployment"].nunique())
+    table = table.reset_index()
+    table.insert(2, "load", [load_text(k, v) for k, v in zip(table["load_kind"], table["load_value"], strict=True)])
+    return table.drop(columns=["load_kind", "load_value"]).rename_axis(columns=None)
+
+
 PARTIAL = "partial: never finished"
 """The status shown for a point a crash or interrupt cut short; `servelab run --resume` runs it again."""
 
@@ -299,7 +332,9 @@ def memory(run_dir: Path, samples: pd.DataFrame, points: pd.DataFrame) -> pd.Dat
     if comparison.empty and endpoints.empty:
         return pd.DataFrame()
     columns = ["deployment", "memory", "predicted_mib", "measured_mib", "error_pct", "peak_mib", "peak_error_pct"]
-    names = {"predicted_mib": "planner MiB", "measured_mib": "idle MiB", "error_pct": "planner vs idle %",
+    if "device_index" in comparison:  # deployments on several GPUs: a row per GPU and deployment
+        columns.insert(1, "device_index")
+    names = {"device_index": "GPU", "predicted_mib": "planner MiB", "measured_mib": "idle MiB", "error_pct": "planner vs idle %",
              "peak_mib": "peak MiB", "peak_error_pct": "planner vs peak %"}
     table = comparison[columns] if not comparison.empty else pd.DataFrame(columns=columns)
     if not endpoints.empty:
@@ -314,7 +349,7 @@ def memory_sentences(samples: pd.DataFrame, table: pd.DataFrame) -> str:
 
     lines = [memory_report.source_sentence(samples)]
     if "planner vs idle %" in table:
-        comparison = table.rename(columns={"planner vs idle %": "error_pct", "planner vs peak %": "peak_error_pct"})
+        comparison = table.rename(columns={"planner vs idle %": "error_pct", "planner vs peak %": "peak_error_pct", "GPU": "device_index"})
         lines.append(memory_report.planner_sentence(comparison.reset_index()))
         lines.append(peak_sentence(samples, table))
     check = memory_report.attribution_check(samples)
@@ -338,8 +373,9 @@ def peak_sentence(samples: pd.DataFrame, table: pd.DataFrame) -> str:
     """Why the planner is further from the peak than from the idle footprint, when it is."""
     if "peak MiB" not in table or "idle MiB" not in table:
         return ""
-    grown = (table["peak MiB"] - table["idle MiB"]).dropna()
-    share = grown / table["idle MiB"].reindex(grown.index)
+    both = table[["peak MiB", "idle MiB"]].dropna()  # a split model's deployment is on several rows, one per GPU
+    grown = both["peak MiB"] - both["idle MiB"]
+    share = grown / both["idle MiB"]
     if grown.empty or not ((grown > PEAK_GROWTH_MIB) | (share > PEAK_GROWTH_SHARE)).any():
         return ""
     worst = grown.idxmax()

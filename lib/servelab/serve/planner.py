@@ -13,14 +13,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from textwrap import indent
 from typing import Any
 
 from servelab.params import Deployment, Params
 from servelab.serve.engines.base import Footprint, adapter_for, start_order
 from servelab.serve.footprints import ModelShape, shape_for
 
-__all__ = ["DEFAULT_RESERVE_MIB", "Footprint", "ModelShape", "Plan", "Suggestion", "format_plan", "plan", "predict",
-           "required_mib", "seed_formula_mib", "shape_for"]
+__all__ = ["DEFAULT_RESERVE_MIB", "Footprint", "ModelShape", "Plan", "Suggestion", "devices_of", "format_plan", "format_plans",
+           "gpus_of", "plan", "plan_per_device", "predict", "required_mib", "seed_formula_mib", "shape_for"]
 
 DEFAULT_RESERVE_MIB = 512.0
 """Kept free on the GPU: what the driver holds before any deployment plus a margin for start-up peaks (the H100
@@ -178,3 +179,14 @@ def plan_per_device(params: Params | Sequence[Deployment], total_mib: float, res
         for index in gpus_of(deployment):
             on_device.setdefault(index, []).append(deployment)
     return {index: plan(group, total_mib, reserve_mib) for index, group in sorted(on_device.items())}
+
+
+def devices_of(params: Params | Sequence[Deployment]) -> list[int]:
+    """Every GPU the deployments run on (`gpus_of`), ascending."""
+    deployments = params.deployments if isinstance(params, Params) else params
+    return sorted({index for deployment in deployments for index in gpus_of(deployment)})
+
+
+def format_plans(plans: dict[int, Plan]) -> str:
+    """Several GPUs' plans as text: each GPU's `format_plan` under a `GPU <index>:` line."""
+    return "\n".join(f"GPU {index}:\n" + indent(format_plan(result), "  ") for index, result in plans.items())
