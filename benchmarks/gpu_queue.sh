@@ -62,8 +62,12 @@ wait_for() {  # wait_for BUNDLE: true once it is unpacked, false after BUNDLE_WA
 }
 
 stage_clients() {
-  python3 benchmarks/client_processes.py --processes 1 2 4 8 --streams-per-process 128 --rounds 8 \
-    --json "$checks/client_processes.json"
+  # 128 streams a process (25.6k chunks/s asked of each) as the issue names it; 64 (12.8k), well inside one core's
+  # 12k to 49k chunks/s, in case a core of this host cannot hold 128 within the accuracy criterion
+  for streams in 128 64; do
+    python3 benchmarks/client_processes.py --processes 1 2 4 8 --streams-per-process "$streams" --rounds 8 \
+      --json "$checks/client_processes-$streams.json"
+  done
   # The plan against this GPU's real free memory, and a dry run that must accept what fits and refuse what does not.
   python3 -m servelab.cli plan params/h200-seed-vllm-compiled.yaml > "$checks/plan.txt" 2>&1; echo "plan exit $?" >> "$checks/plan.txt"
   python3 -m servelab.cli run params/h200-seed-vllm-compiled.yaml --dry-run > "$checks/dry-run-fits.txt" 2>&1
