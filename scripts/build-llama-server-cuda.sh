@@ -2,13 +2,15 @@
 # Builds llama.cpp's llama-server with CUDA for the H200 (sm_90 only), from the same llama-cpp-python sdist
 # as the CPU engine (scripts/install-engine.sh), once, into the cache. It is built here, on a machine without
 # a GPU, and carried to the GPU machine (benchmarks/gpu_llamacpp.sh), so it links by soname only:
-#   libcudart.so.13, libcublas.so.13, libcublasLt.so.13  -> the GPU machine's pip wheels (LD_LIBRARY_PATH);
-#   libcuda.so.1                                          -> its driver.
+#   libcudart.so.13, libcublas.so.13 (it loads libcublasLt.so.13) -> the GPU machine's pip wheels (LD_LIBRARY_PATH);
+#   libcuda.so.1                                                  -> its driver.
 # What this machine lacks comes from elsewhere: cuBLAS's headers and libraries from PyPI's nvidia-cublas
 # wheel (linked against, never shipped), and libcuda.so from a stub made here from cuda.h's names
 # (every driver function returns 0; it only satisfies the linker). ggml is static inside the binary.
-# The full log is kept beside the binary (build.log); on 2 cores the build takes about an hour.
-#   usage: scripts/build-llama-server-cuda.sh      -> prints the path of llama-server
+# The full log is kept beside the binary (build.log), and BUILD.txt what it needs; on 2 shared cores the build took
+# 36 minutes (2026-12-03: 348 steps, 141 of them CUDA). 61.8 MB, 26 MB packed.
+#   usage: scripts/build-llama-server-cuda.sh                 -> prints the path of llama-server
+#          scripts/build-llama-server-cuda.sh --pack OUT.tgz  -> also packs bin/llama-server and BUILD.txt for carrying
 #   env:   LLAMA_CPP_PYTHON_VERSION (0.3.36), CUDA_HOME (/usr/local/cuda-13.0), CUBLAS_VERSION (13.0.0.19),
 #          SERVELAB_CACHE (~/.cache/servelab), BUILD_JOBS (nproc)
 set -euo pipefail
@@ -20,9 +22,50 @@ jobs=${BUILD_JOBS:-$(nproc)}
 dest="$cache/llama.cpp-$version-cuda-sm90"
 binary="$dest/bin/llama-server"
 log="$dest/build.log"
-if [ -x "$binary" ]; then
+python=$(command -v python3)
+pack=""
+if [ "${1:-}" = "--pack" ]; then
+  pack=${2:?"--pack needs the tarball's path"}
+  pack=$(realpath -m "$pack")
+fi
+# BUILD.txt: what the GPU machine must supply, and proof that only sm_90 code is inside.
+# cuobjdump: the toolkit's, else PyPI's nvidia-cuda-cuobjdump wheel (a minimal toolkit may lack it).
+cuobjdump_path() {
+  local wheel_dir="$cache/cuda/cuobjdump"
+  if [ -x "$cuda/bin/cuobjdump" ]; then echo "$cuda/bin/cuobjdump"; return; fi
+  if [ ! -x "$wheel_dir/nvidia/cu13/bin/cuobjdump" ]; then
+    "$python" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux_2_17_x86_64 \
+      -d "$wheel_dir" "nvidia-cuda-cuobjdump==13.2.51" >>"$log" 2>&1 || return 0
+    "$python" -m zipfile -e "$wheel_dir"/nvidia_cuda_cuobjdump-*.whl "$wheel_dir" >>"$log" 2>&1 || return 0
+    chmod +x "$wheel_dir/nvidia/cu13/bin/cuobjdump"
+  fi
+  echo "$wheel_dir/nvidia/cu13/bin/cuobjdump"
+}
+describe() {
+  local cubins ptx tool
+  tool=$(cuobjdump_path)
+  cubins=$([ -n "$tool" ] && "$tool" --list-elf "$binary" 2>&1 | grep '^ELF file' || true)
+  ptx=$([ -n "$tool" ] && "$tool" --list-ptx "$binary" 2>&1 | grep -c '^PTX file' || true)
+  {
+    echo "llama-server from llama-cpp-python $version's llama.cpp; CUDA $("$cuda/bin/nvcc" --version | tail -n 1)"
+    echo "cuBLAS $cublas_version headers, linked by soname; CMAKE_CUDA_ARCHITECTURES=90-real"
+    readelf -d "$binary" | grep NEEDED
+    echo "highest glibc symbol version: $(objdump -T "$binary" | grep -o 'GLIBC_[0-9.]*' | sort -uV | tail -n 1)"
+    echo "cubins (cuobjdump --list-elf): $(grep -c 'sm_90' <<<"$cubins") for sm_90, $(grep -vc 'sm_90' <<<"$cubins") for any other arch; $ptx PTX files"
+  } >"$dest/BUILD.txt" 2>&1
+}
+packed() {
+  [ -s "$dest/BUILD.txt" ] || describe
+  if [ -n "$pack" ]; then
+    mkdir -p "$(dirname "$pack")"
+    tar -czf "$pack" -C "$dest" bin/llama-server BUILD.txt
+    printf 'servelab: packed %s (%s)\n' "$pack" "$(du -h "$pack" | cut -f1)" >&2
+  fi
   echo "$binary"
   exit 0
+}
+if [ -x "$binary" ]; then
+  packed
 fi
 mkdir -p "$cache/src" "$cache/cuda" "$dest/bin"
 work=$(mktemp -d "$cache/src/build-cuda.XXXXXX")
@@ -35,7 +78,6 @@ failed() {
   tail -n 25 "$log" >&2
   exit 1
 }
-python=$(command -v python3)
 [ -x "$cuda/bin/nvcc" ] || failed "finding nvcc at $cuda/bin/nvcc (set CUDA_HOME to a CUDA 13 toolkit)"
 
 # cuBLAS: headers to compile against, libraries to link against by soname.
@@ -89,5 +131,6 @@ start=$(date +%s)
 cmake --build "$work/build" --target llama-server -j "$jobs" >>"$log" 2>&1 || failed "compiling (cmake --build)"
 install -m 0755 "$work/build/bin/llama-server" "$binary.tmp"
 mv "$binary.tmp" "$binary"
+describe
 say "servelab: llama-server $version (CUDA sm_90) built in $(( ($(date +%s) - start) / 60 )) min: $binary"
-echo "$binary"
+packed
