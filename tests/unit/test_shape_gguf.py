@@ -65,6 +65,15 @@ def test_the_tokenizer_is_the_shape_tokenizer(tiny_gguf: Path) -> None:
     assert "<|im_start|>" in fields["tokenizer.chat_template"]
 
 
+def test_the_client_cuts_prompts_with_the_shape_tokenizer_written_beside_the_file(tiny_gguf: Path) -> None:
+    from servelab.measure.tokens import local_tokenizer
+
+    tokenizer = local_tokenizer(str(tiny_gguf))
+    assert tokenizer is not None
+    text = "여러 모델이 그래픽 카드 하나를 함께 쓸 때"
+    assert tokenizer.tokenizer.encode(text).ids == build_tokenizer(2048).encode(text).ids
+
+
 def test_a_written_file_is_reused_and_a_new_seed_rewrites_it(tiny_gguf: Path) -> None:
     stamp = tiny_gguf.stat().st_mtime_ns
     assert write_shape_gguf(TINY, tiny_gguf.parent) == tiny_gguf

@@ -44,6 +44,12 @@ def gguf_name(shape: Shape) -> str:
     return f"{shape.name}-f16.gguf"
 
 
+def tokenizer_beside(path: Path) -> Path:
+    """Where the shape tokenizer's tokenizer.json is written beside a GGUF, for the client to cut prompts with
+    (servelab.measure.tokens.local_tokenizer), as it does from a shape folder."""
+    return path.with_name(f"{path.stem}.tokenizer.json")
+
+
 def tensor_shapes(shape: Shape) -> Iterator[tuple[str, tuple[int, ...]]]:
     """(GGUF tensor name, numpy shape) in file order; numpy's shape is GGUF's reversed (rows = output features)."""
     config = shape.config
@@ -165,8 +171,9 @@ def _gguf_fingerprint(shape: Shape, seed: int) -> str:
 
 
 def write_shape_gguf(shape: Shape, root: Path, seed: int = WEIGHT_SEED) -> Path:
-    """Write `root/<shape>-f16.gguf` unless an identical one is there (a `.json` beside it records the recipe);
-    returns the file's path. About 2 bytes per parameter: 2.1 GiB for TinyLlama-1.1B."""
+    """Write `root/<shape>-f16.gguf` unless an identical one is there (a `.json` beside it records the recipe, and
+    `.tokenizer.json` holds the shape tokenizer); returns the file's path. About 2 bytes per parameter: 2.1 GiB for
+    TinyLlama-1.1B."""
     if shape.config.get("model_type") not in ARCHITECTURES:
         raise ParamsError(
             f"shape {shape.name}: llama.cpp shapes are written for model_type {' or '.join(ARCHITECTURES)}, "
@@ -177,7 +184,8 @@ def write_shape_gguf(shape: Shape, root: Path, seed: int = WEIGHT_SEED) -> Path:
     marker = path.with_suffix(".json")
     fingerprint = _gguf_fingerprint(shape, seed)
     try:
-        if json.loads(marker.read_text(encoding="utf-8")).get("fingerprint") == fingerprint and path.is_file():
+        recorded = json.loads(marker.read_text(encoding="utf-8")).get("fingerprint")
+        if recorded == fingerprint and path.is_file() and tokenizer_beside(path).is_file():
             return path
     except (OSError, ValueError, AttributeError):
         pass
@@ -189,6 +197,7 @@ def write_shape_gguf(shape: Shape, root: Path, seed: int = WEIGHT_SEED) -> Path:
         os.replace(staging, path)
     finally:
         Path(staging).unlink(missing_ok=True)
+    tokenizer_beside(path).write_text(build_tokenizer(shape.vocab_size).to_str(), encoding="utf-8")
     record = {"shape": shape.name, "source": shape.source, "seed": seed, "fingerprint": fingerprint}
     marker.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return path
