@@ -61,7 +61,7 @@ grep -n 'LD_LIBRARY_PATH' "$repo/params/$params_name"
 
 export JUPYTER_PATH=/tmp/site/share/jupyter
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 DO_NOT_TRACK=1
-export PYTHONPATH="$repo/lib:/tmp/site:/tmp/vsite"
+export PYTHONPATH="$repo/lib:/tmp/site:/tmp/vsite${PYTHONPATH:+:$PYTHONPATH}"
 cd "$repo"
 python3 benchmarks/gpu_truth.py "params/$params_name" --outputs /tmp/gpu-outputs --no-bench
 status=$?
