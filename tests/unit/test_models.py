@@ -95,7 +95,7 @@ def test_is_shape_only_flags_dummy_weight_deployments() -> None:
     assert not is_shape_only(plain)
 
 
-def test_only_vllm_and_sglang_can_serve_a_shape(shapes_root: Path) -> None:
+def test_an_engine_that_serves_no_shapes_refuses_one_before_anything_is_written(shapes_root: Path) -> None:
     """Deploy and compose ask the adapter before they prepare a shape's folder."""
     deployment = shape_deployment("yi-6b", kind="ollama")
     with pytest.raises(ParamsError, match="ollama cannot serve shape"):

@@ -88,3 +88,18 @@ def test_params_readme_reference_is_what_the_schema_generates_now():
 def test_every_committed_params_file_validates():
     for path in sorted((REPO / "params").glob("*.yaml")):
         load_params(path)
+
+
+@pytest.mark.parametrize(("written", "held"), [("all", "all"), ("0", 0), ("22", 22)])
+def test_llamacpp_gpu_layers_take_a_count_or_all(tmp_path, written, held):
+    path = _write(tmp_path, DEMO.replace("kind: llamacpp", f"kind: llamacpp\n      gpu_layers: {written}"))
+    engine = load_params(path).deployments[0].engine
+    assert engine.gpu_layers == held
+    assert engine.on_gpu() is (held != 0)
+
+
+@pytest.mark.parametrize("written", ["-1", "auto"])
+def test_llamacpp_gpu_layers_refuse_what_servelab_cannot_plan_for(tmp_path, written):
+    path = _write(tmp_path, DEMO.replace("kind: llamacpp", f"kind: llamacpp\n      gpu_layers: {written}"))
+    with pytest.raises(ParamsError, match="gpu_layers"):
+        load_params(path)

@@ -67,11 +67,15 @@ class JsonTokenizer:
 
 @functools.cache
 def local_tokenizer(model_path: str | None) -> JsonTokenizer | None:
-    """The tokenizer.json in a model folder (a Hugging Face snapshot or a shape), or None where there is none."""
+    """The tokenizer.json in a model folder (a Hugging Face snapshot or a shape), or beside a model file as
+    `<stem>.tokenizer.json` (a shape's GGUF), or None where there is none."""
     if not model_path:
         return None
-    path = Path(model_path) / "tokenizer.json"
-    return JsonTokenizer(path) if path.is_file() else None
+    model = Path(model_path)
+    for path in (model / "tokenizer.json", model.with_name(f"{model.stem}.tokenizer.json")):
+        if path.is_file():
+            return JsonTokenizer(path)
+    return None
 
 
 class ServerTokenizer:

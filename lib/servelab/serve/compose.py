@@ -19,7 +19,6 @@ from servelab.errors import ParamsError
 from servelab.params import Deployment, Params, params_stem
 from servelab.serve.engines.base import adapter_for, start_order
 from servelab.serve.engines.containers import SHAPES_DIR
-from servelab.serve.models import prepare_shape
 
 logger = logging.getLogger(__name__)
 
@@ -180,7 +179,7 @@ def write_compose(params: Params, params_path: str | Path, out_dir: Path = Path(
     text = render_compose(params, params_path)
     for deployment in params.deployments:
         if deployment.shape is not None:
-            prepare_shape(deployment, out_dir / SHAPES_DIR)
+            adapter_for(deployment).shape_model(deployment, out_dir / SHAPES_DIR)
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"{params_stem(params_path)}.yaml"
     target.write_text(text, encoding="utf-8")

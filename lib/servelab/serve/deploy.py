@@ -250,10 +250,7 @@ class Fleet:
 
 def _model_for(adapter: EngineAdapter, deployment: Deployment, run_dir: Path) -> str:
     if deployment.shape:
-        from servelab.serve.models import prepare_shape
-
-        adapter.check_shape(deployment)
-        return str(prepare_shape(deployment, run_dir.parent / ".shapes"))
+        return adapter.shape_model(deployment, run_dir.parent / ".shapes")
     return adapter.model_path(deployment)
 
 

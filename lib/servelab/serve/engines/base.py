@@ -134,6 +134,14 @@ class EngineAdapter(ABC):
                 f"shapes work with {able}, so remove `shape` or change engine.kind"
             )
 
+    def shape_model(self, deployment: Deployment, root: Path) -> str:
+        """What the server loads for a shape deployment, written once under `root` (a cache shared by runs): the
+        HF-style folder of servelab.serve.models (config and tokenizer, no weights) unless the engine needs other."""
+        from servelab.serve.models import prepare_shape
+
+        self.check_shape(deployment)
+        return str(prepare_shape(deployment, root))
+
     # ------------------------------------------------------------------------------------------- talking to it
     def served_model_name(self, deployment: Deployment) -> str:
         """The model name requests must carry."""

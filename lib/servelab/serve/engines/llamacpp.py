@@ -1,4 +1,8 @@
-"""llama.cpp's llama-server: parallel slots, continuous batching, SSE streaming with usage, Prometheus /metrics."""
+"""llama.cpp's llama-server: parallel slots, continuous batching, SSE streaming with usage, Prometheus /metrics.
+
+The embedded engine runs on the CPU. A CUDA build (scripts/build-llama-server-cuda.sh) given as `binary`, with
+`gpu_layers`, holds its layers on the GPU; a shape deployment then serves a GGUF of generated weights
+(servelab.serve.shape_gguf), written once into the shapes cache."""
 
 from __future__ import annotations
 
@@ -14,13 +18,22 @@ import httpx
 from servelab.errors import DeployError
 from servelab.params import Deployment, LlamaCppEngine
 from servelab.serve.engines.base import CounterNames, EngineAdapter, Footprint, LaunchSpec, register
-from servelab.serve.footprints import MIB, gguf_or_shape_weights_mib, shape_for
+from servelab.serve.engines.containers import SHAPES_DIR, SHAPES_IN_CONTAINER
+from servelab.serve.footprints import MIB, ModelShape, gguf_or_shape_weights_mib, shape_for
+from servelab.serve.models import shape_of
+from servelab.serve.shape_gguf import gguf_name, write_shape_gguf
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
 EMBEDDED_MODEL = "smollm2"
 LLAMACPP_HOST_OVERHEAD_MIB = 34.0
 """llama-server's RSS beyond GGUF size + KV cache: 33.7-34.4 MiB measured with SmolLM2-135M Q4_1 at ctx 2048,
 4096 and 8192 (b-build of llama-cpp-python 0.3.36) on the CPU machine. Compute buffers grow with the model."""
+LLAMACPP_GPU_OVERHEAD_MIB = 600.0
+"""GPU memory beyond weights + KV cache with every layer offloaded: CUDA context, cuBLAS workspace, compute
+buffers. An estimate, not yet measured (the CUDA context alone is ~500 MiB on an H200); the first GPU run's
+planner table (03_gpu_memory) measures it."""
+SHAPE_BYTES_PER_WEIGHT = 2
+"""A shape's GGUF is f16 (servelab.serve.shape_gguf)."""
 
 
 def cache_dir() -> Path:
@@ -65,6 +78,7 @@ class LlamaCppAdapter(EngineAdapter):
     api_flavour = "openai"
     container_port = 8080
     tokenize_flavour = "llamacpp"
+    serves_shapes = True
     counter_names = CounterNames(
         generated_tokens="llamacpp:tokens_predicted",
         running="llamacpp:requests_processing",
@@ -78,6 +92,13 @@ class LlamaCppAdapter(EngineAdapter):
         if deployment.model == EMBEDDED_MODEL:
             return str(embedded_gguf())
         return deployment.model
+
+    def shape_model(self, deployment: Deployment, root: Path) -> str:
+        """A GGUF of the shape with generated f16 weights (llama.cpp has no dummy load format)."""
+        return str(write_shape_gguf(shape_of(deployment), root))
+
+    def _layer_flags(self, engine: LlamaCppEngine) -> list[str]:
+        return [] if engine.gpu_layers is None else ["--n-gpu-layers", str(engine.gpu_layers)]
 
     def launch(self, deployment: Deployment, port: int, model_path: str) -> LaunchSpec:
         engine = deployment.engine
@@ -96,25 +117,31 @@ class LlamaCppAdapter(EngineAdapter):
         ]
         if engine.threads is not None:
             argv += ["--threads", str(engine.threads)]
-        return LaunchSpec(argv=argv + list(engine.extra_args))
+        return LaunchSpec(argv=argv + self._layer_flags(engine) + list(engine.extra_args))
 
     def compose_service(self, deployment: Deployment, host_port: int) -> dict[str, Any]:
         engine = deployment.engine
         assert isinstance(engine, LlamaCppEngine)
+        volumes = ["model-cache:/models"]
+        model = f"/models/{Path(deployment.model).name}"
+        if deployment.shape is not None:
+            file = gguf_name(shape_of(deployment))
+            volumes.append(f"./{SHAPES_DIR}/{file}:{SHAPES_IN_CONTAINER}/{file}:ro")
+            model = f"{SHAPES_IN_CONTAINER}/{file}"
         command = [
-            "--model", f"/models/{Path(deployment.model).name}",
+            "--model", model,
             "--host", "0.0.0.0",
             "--port", str(self.container_port),
             "--parallel", str(engine.parallel_slots),
             "--ctx-size", str(engine.ctx_size),
             "--alias", self.served_model_name(deployment),
             "--metrics",
-        ] + list(engine.extra_args)
+        ] + self._layer_flags(engine) + list(engine.extra_args)
         return {
             "image": engine.image,
             "command": command,
             "ports": [f"127.0.0.1:{host_port}:{self.container_port}"],
-            "volumes": ["model-cache:/models"],
+            "volumes": volumes,
             "healthcheck": {
                 "test": ["CMD", "curl", "-fsS", f"http://127.0.0.1:{self.container_port}/health"],
                 "interval": "5s",
@@ -141,18 +168,37 @@ class LlamaCppAdapter(EngineAdapter):
         return [str(resolve_binary(engine)), "--version"]
 
     def start_order_key(self, deployment: Deployment) -> tuple[float, float]:
-        """First of all: it holds no GPU memory, so nothing started after it has less for it."""
-        return (0.0, 0.0)
+        """On the CPU, first of all: it holds no GPU memory, so nothing started after it has less for it. On the
+        GPU, as any server without a memory flag (by model size)."""
+        engine = deployment.engine
+        assert isinstance(engine, LlamaCppEngine)
+        return super().start_order_key(deployment) if engine.on_gpu() else (0.0, 0.0)
+
+    def _weights_mib(self, deployment: Deployment, shape: ModelShape | None) -> float | None:
+        if deployment.shape is not None and shape is not None:
+            return shape.parameters * SHAPE_BYTES_PER_WEIGHT / MIB
+        return gguf_or_shape_weights_mib(self.model_path(deployment), deployment.model, shape)
 
     def footprint(self, deployment: Deployment, total_mib: float, free_at_start_mib: float) -> Footprint:
-        """On the CPU, in HOST memory: GGUF size + KV (ctx_size x KV per token) + LLAMACPP_HOST_OVERHEAD_MIB."""
+        """On the CPU, in HOST memory: GGUF size + KV (ctx_size x KV per token) + LLAMACPP_HOST_OVERHEAD_MIB.
+        With gpu_layers, on the GPU: the same weights and KV + LLAMACPP_GPU_OVERHEAD_MIB (approximate, see notes)."""
         engine = deployment.engine
         assert isinstance(engine, LlamaCppEngine)
         shape = shape_for(deployment)
-        weights = gguf_or_shape_weights_mib(self.model_path(deployment), deployment.model, shape)
+        weights = self._weights_mib(deployment, shape)
         kv = shape.kv_bytes_per_token() * engine.ctx_size / MIB if shape else None
+        tokens = engine.ctx_size if shape else None
+        if engine.on_gpu():
+            predicted = (weights or 0) + (kv or 0) + LLAMACPP_GPU_OVERHEAD_MIB
+            notes = (
+                "llama.cpp keeps the token embedding (vocab x hidden) in host memory, so the GPU holds that much less "
+                "than the weights counted here; the overhead is an estimate; gpu_layers below the model's layer count "
+                "is counted as all of them",
+            )
+            return Footprint(deployment.name, self.kind, "gpu", predicted, weights, kv, tokens, LLAMACPP_GPU_OVERHEAD_MIB,
+                             "GGUF size + ctx_size x KV per token + CUDA overhead (all layers on the GPU)", notes)
         predicted = (weights or 0) + (kv or 0) + LLAMACPP_HOST_OVERHEAD_MIB
-        return Footprint(deployment.name, self.kind, "host", predicted, weights, kv, engine.ctx_size if shape else None,
+        return Footprint(deployment.name, self.kind, "host", predicted, weights, kv, tokens,
                          LLAMACPP_HOST_OVERHEAD_MIB, "GGUF size + ctx_size x KV per token + overhead (host RSS)")
 
 
