@@ -1,6 +1,7 @@
 """The tables of a co-located sweep brought back from the GPU machine, as the results pages quote them.
 
-    python benchmarks/session_tables.py RUN_DIR [--requests RUN-requests.jsonl.gz] [--eager OTHER_SUMMARY.csv.gz]
+    python benchmarks/session_tables.py RUN_DIR [--requests RUN-requests.jsonl.gz] [--beside OTHER_SUMMARY.csv.gz]
+        [--labels THIS OTHER]
 
 Prints, as Markdown:
 - output tok/s, median TTFT and median TPOT per model, language and concurrency, each model alone (the others
@@ -12,8 +13,8 @@ Prints, as Markdown:
   the point's timed window (drain left out), (first - second) / mean;
 - joules per output token per model and point: NVML's energy counter over the point's window, apportioned among
   the deployments by servelab.observe.energy (docs/memory.md), the model's share over its output tokens;
-- with --eager, another run's summary (the third H200 session's eager co-located run) beside this one at the
-  points both have.
+- with --beside, another run's summary beside this one at the points both have: the third H200 session's eager
+  co-located run beside the compiled one (the default --labels), or vLLM beside SGLang (`--labels sglang vllm`).
 """
 
 from __future__ import annotations
@@ -114,7 +115,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--requests", type=Path, help="the run's requests.jsonl.gz (gpu_collect.sh brings it apart)")
-    parser.add_argument("--eager", type=Path, help="another run's summary.csv(.gz) to set beside this one")
+    parser.add_argument("--beside", "--eager", dest="beside", type=Path, help="another run's summary.csv(.gz) to set beside this one")
+    parser.add_argument("--labels", nargs=2, default=("compiled", "eager"), metavar=("THIS", "OTHER"),
+                        help="what this run and the other are, in the table's title and columns (default: compiled eager)")
     parser.add_argument("--duration-s", type=float, default=4.0, help="the points' timed window")
     parser.add_argument("--csv", type=Path, help="folder to write the per-point tables to")
     args = parser.parse_args()
@@ -142,13 +145,16 @@ def main() -> int:
     print("\n### the model's share of the device's energy in its own points, % (median)\n")
     print(markdown(energy.pivot_table(index="deployment", columns="load_value", values="model_share_pct", aggfunc="median", sort=False)
           .round(1)))
-    if args.eager:
-        other = alone_points(pd.read_csv(args.eager))
-        both = points.join(other[["tok_s", "tpot_p50_ms", "ttft_p50_ms"]].add_suffix("_eager"), how="inner")
-        both["speed_up"] = both["tok_s"] / both["tok_s_eager"]
-        tables["eager"] = both
-        print("\n### compiled (this run) against eager (the other), the points both have\n")
-        print(markdown(both[["tok_s_eager", "tok_s", "speed_up", "tpot_p50_ms_eager", "tpot_p50_ms"]].round(2)))
+    if args.beside:
+        this, that = args.labels
+        other = alone_points(pd.read_csv(args.beside))
+        both = points.join(other[["tok_s", "tpot_p50_ms", "ttft_p50_ms"]].add_suffix(f"_{that}"), how="inner")
+        both[f"{this}_over_{that}"] = both["tok_s"] / both[f"tok_s_{that}"]
+        both = both.rename(columns={"tok_s": f"tok_s_{this}", "tpot_p50_ms": f"tpot_p50_ms_{this}"})
+        tables[that] = both
+        print(f"\n### {this} (this run) against {that} (the other), the points both have\n")
+        print(markdown(both[[f"tok_s_{that}", f"tok_s_{this}", f"{this}_over_{that}", f"tpot_p50_ms_{that}",
+                             f"tpot_p50_ms_{this}"]].round(2)))
     if args.csv:
         args.csv.mkdir(parents=True, exist_ok=True)
         for name, table in tables.items():
