@@ -140,17 +140,7 @@ collect() {  # into $OUT: the logs and checks every time; each finished stage's 
     while read -r name; do
       [ -n "$name" ] && ! grep -qx "$name" "$queue/collected" || continue
       [ "$files" -le 6 ] || break
-      tar -C "$outputs" -czf "$out/$name.tgz" --exclude='*.ipynb' --exclude=requests.jsonl "$name"
-      if [ -e "$outputs/$name/requests.jsonl" ]; then
-        gzip -c "$outputs/$name/requests.jsonl" > "$out/$name-requests.jsonl.gz"
-        if [ "$(stat -c %s "$out/$name-requests.jsonl.gz")" -gt 15728640 ]; then
-          # a compiled engine at high concurrency writes every chunk's arrival: drop those, summary.csv has the figures
-          rm "$out/$name-requests.jsonl.gz"
-          python3 -c 'import json, sys
-for line in sys.stdin:
-    row = json.loads(line); row.pop("chunk_ns", None); print(json.dumps(row))' < "$outputs/$name/requests.jsonl" | gzip > "$out/$name-requests-lite.jsonl.gz"
-        fi
-      fi
+      bash "$repo/benchmarks/gpu_pack_run.sh" "$outputs" "$name" "$out"
       echo "$name" >> "$queue/collected"
       files=$((files + 2))
     done < "$runs"
