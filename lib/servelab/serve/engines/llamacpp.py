@@ -30,8 +30,9 @@ LLAMACPP_HOST_OVERHEAD_MIB = 34.0
 4096 and 8192 (b-build of llama-cpp-python 0.3.36) on the CPU machine. Compute buffers grow with the model."""
 LLAMACPP_GPU_OVERHEAD_MIB = 600.0
 """GPU memory beyond weights + KV cache with every layer offloaded: CUDA context, cuBLAS workspace, compute
-buffers. An estimate, not yet measured (the CUDA context alone is ~500 MiB on an H200); the first GPU run's
-planner table (03_gpu_memory) measures it."""
+buffers. An estimate (the CUDA context alone is ~500 MiB on an H200). Its one check so far, the TinyLlama shape
+at ctx 65,536 on the H200 (docs/results/h200-20261203-b.md): the rule gave 4,106 MiB against 4,014 idle and 4,126
+at the peak."""
 SHAPE_BYTES_PER_WEIGHT = 2
 """A shape's GGUF is f16 (servelab.serve.shape_gguf)."""
 
