@@ -12,7 +12,8 @@
 #             against the real GPU's free memory (#19)
 #   sglang    #20 item 2: the seed's three models co-located under SGLang, through the notebooks
 #   vllm      #20 items 4 and 5: a vLLM started here outside servelab; `servelab bench` on it, memory found through
-#             its port; then benchmarks/client_past_engine.py at c = 256 and 512 with `vllm bench serve` beside
+#             its port; then benchmarks/client_past_engine.py at c = 256 and 512 with `vllm bench serve` beside, once
+#             per count in CLIENT_PROCESSES (default "4"; "1 4 8" sets the counts against each other)
 #   llamacpp  #20 item 3: llama.cpp's llama-server built for sm_90 (benchmarks/gpu_llamacpp.sh), if .lcb came
 # A stage that waits for a bundle waits at most BUNDLE_WAIT_S (default 900 s), then is skipped; a poll can skip a
 # stage not yet begun with `touch /tmp/queue/skip-STAGE` (when the device time runs short).
@@ -102,9 +103,13 @@ print(write_shape(resolve_shape("tinyllama-1.1b"), Path("/tmp/shapes")))') || re
   timeout 240 python3 -m servelab.cli bench http://127.0.0.1:8000 --model tinyllama --metrics vllm --concurrency 4 16 64 \
     --input-tokens 256 --output-tokens 128 --requests 128 --outputs "$outputs" --save-params "$checks/bench-params.yaml"
   echo "servelab bench exit $?"
-  timeout 360 python3 benchmarks/client_past_engine.py --url http://127.0.0.1:8000 --model tinyllama --tokenizer "$model" \
-    --concurrency 256 512 --client-processes 4 --rounds 2 --outputs "$outputs" --json "$checks/client_past_engine.json"
-  echo "client_past_engine exit $?"
+  # one run per client-process count (CLIENT_PROCESSES, default 4), each with vllm bench's turns beside its own
+  for processes in ${CLIENT_PROCESSES:-4}; do
+    timeout 360 python3 benchmarks/client_past_engine.py --url http://127.0.0.1:8000 --model tinyllama --tokenizer "$model" \
+      --concurrency 256 512 --client-processes "$processes" --rounds 2 --outputs "$outputs" \
+      --json "$checks/client_past_engine-$processes.json"
+    echo "client_past_engine over $processes process(es): exit $?"
+  done
   kill -- -"$server" 2>/dev/null; sleep 5; kill -9 -- -"$server" 2>/dev/null
   # the next stage sizes its servers from the memory free when they start: wait until this one's is given back
   for _ in $(seq 30); do [ -z "$(nvidia-smi --query-compute-apps=pid --format=csv,noheader)" ] && break; sleep 1; done
