@@ -51,7 +51,10 @@ def test_deploy_serves_completions_then_close_stops_the_server_and_frees_its_por
 
 OWNER = textwrap.dedent(
     """
-    import sys, time
+    import signal, sys, time
+    # Ctrl-C as a terminal delivers it: a suite started in the background of a non-interactive shell inherits
+    # SIGINT ignored, and Python then never raises KeyboardInterrupt.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     sys.path.insert(0, {tests!r})
     from pathlib import Path
     from conftest import embedded_params
