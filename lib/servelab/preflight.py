@@ -41,16 +41,15 @@ def check_memory(params: Params, total_mib: float | None = None) -> str | None:
     fractions. Against `total_mib` when given, else the local GPU (what other processes hold already counts);
     returns the plan's text, or None when there is nothing to check (no GPU here and no total given). Deployments
     on several GPUs (`gpus`, parallel sizes) are planned on each GPU they use, every GPU of `total_mib`."""
-    from servelab.serve.planner import devices_of, format_plan, format_plans, gpus_of, plan
+    from servelab.serve.planner import deployments_per_device, format_plan, format_plans, plan
 
-    devices = devices_of(params)
-    if len(devices) > 1:
+    per_device = deployments_per_device(params)
+    if len(per_device) > 1:
         plans = {}
-        for index in devices:
+        for index, on_device in per_device.items():
             budget = _budget(index, total_mib)
             if budget is None:
                 return None
-            on_device = [d for d in params.deployments if index in gpus_of(d)]
             plans[index] = plan(on_device, total_mib=budget[0], reserve_mib=budget[1])
         results, text = list(plans.values()), format_plans(plans)
         where = "on GPU " + ", ".join(str(index) for index, result in plans.items() if not result.fits)

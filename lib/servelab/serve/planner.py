@@ -20,7 +20,7 @@ from servelab.params import Deployment, Params
 from servelab.serve.engines.base import Footprint, adapter_for, start_order
 from servelab.serve.footprints import ModelShape, shape_for
 
-__all__ = ["DEFAULT_RESERVE_MIB", "Footprint", "ModelShape", "Plan", "Suggestion", "devices_of", "format_plan", "format_plans",
+__all__ = ["DEFAULT_RESERVE_MIB", "Footprint", "ModelShape", "Plan", "Suggestion", "deployments_per_device", "devices_of", "format_plan", "format_plans",
            "gpus_of", "plan", "plan_per_device", "predict", "required_mib", "seed_formula_mib", "shape_for"]
 
 DEFAULT_RESERVE_MIB = 512.0
@@ -173,18 +173,21 @@ def plan_per_device(params: Params | Sequence[Deployment], total_mib: float, res
     SGLang's mem_fraction_static are per GPU, so each GPU holds that budget. An engine sized by its weights
     (Ollama, llama.cpp) is counted whole on every GPU it names, an upper bound: how it splits layers is not modelled.
     """
-    deployments = list(params.deployments if isinstance(params, Params) else params)
+    return {index: plan(group, total_mib, reserve_mib) for index, group in deployments_per_device(params).items()}
+
+
+def deployments_per_device(params: Params | Sequence[Deployment]) -> dict[int, list[Deployment]]:
+    """GPU -> the deployments that run on it (`gpus_of`), in the params' order; GPUs ascending."""
     on_device: dict[int, list[Deployment]] = {}
-    for deployment in deployments:
+    for deployment in params.deployments if isinstance(params, Params) else params:
         for index in gpus_of(deployment):
             on_device.setdefault(index, []).append(deployment)
-    return {index: plan(group, total_mib, reserve_mib) for index, group in sorted(on_device.items())}
+    return dict(sorted(on_device.items()))
 
 
 def devices_of(params: Params | Sequence[Deployment]) -> list[int]:
     """Every GPU the deployments run on (`gpus_of`), ascending."""
-    deployments = params.deployments if isinstance(params, Params) else params
-    return sorted({index for deployment in deployments for index in gpus_of(deployment)})
+    return list(deployments_per_device(params))
 
 
 def format_plans(plans: dict[int, Plan]) -> str:
