@@ -83,7 +83,7 @@ def planner_comparison(params: Params, samples: pd.DataFrame, points: pd.DataFra
 
     Where deployments held memory on more than one GPU, the table is per GPU instead (`device_index` first):
     see `planner_comparison_by_device`."""
-    if _source(samples) == "nvml" and len(_held(samples)) > 1:
+    if _source(samples) == "nvml" and len(_held(peaks_by_device(samples))) > 1:
         return planner_comparison_by_device(params, samples, points)
     measured = _measured_mib(samples, points)
     top = peaks(samples).set_index("deployment")["peak_mib"]
@@ -117,9 +117,8 @@ def planner_comparison(params: Params, samples: pd.DataFrame, points: pd.DataFra
     return pd.DataFrame(rows)
 
 
-def _held(samples: pd.DataFrame) -> dict[int, set[str]]:
-    """GPU -> the deployments whose processes held memory on it at some time, as measured."""
-    table = peaks_by_device(samples)
+def _held(table: pd.DataFrame) -> dict[int, set[str]]:
+    """GPU -> the deployments whose processes held memory on it at some time, from `peaks_by_device`."""
     held = table[(table["peak_mib"] > 0) & ~table["deployment"].isin([DEVICE, UNATTRIBUTED])]
     return {int(index): set(group["deployment"]) for index, group in held.groupby("device_index")}
 
@@ -134,9 +133,10 @@ def planner_comparison_by_device(params: Params, samples: pd.DataFrame, points: 
     GPUs has a row on each. Which deployment is on which GPU is read from the samples, not the params: under
     `--cluster`, Ray puts a group's `gpus` onto the GPUs it gave, and NVML numbers GPUs as it does."""
     idle = idle_by_device(samples, points).set_index(["device_index", "deployment"])["idle_mib"]
-    top = peaks_by_device(samples).set_index(["device_index", "deployment"])["peak_mib"]
+    by_device = peaks_by_device(samples)
+    top = by_device.set_index(["device_index", "deployment"])["peak_mib"]
     rows = []
-    for index, names in sorted(_held(samples).items()):
+    for index, names in sorted(_held(by_device).items()):
         total = _total_mib(on_device(samples, index))
         deployments = [d for d in params.deployments if d.name in names]
         if total is None or not deployments:
